@@ -1,0 +1,293 @@
+"""One client connection, with no terminal code: the engine both modes share.
+
+``ClientSession`` owns the socket's byte streams.  Inbound, it frames lines,
+recognises file headers and data frames and writes downloads to disk;
+everything else is handed to ``emit`` as a server line.  Outbound, it sends
+typed lines, and turns ``/sendfile <id> <path>`` into the upload protocol:
+a header line, the server's go-ahead, then data frames interleaved with
+whatever else is typed, paced so that memory stays flat.
+
+The caller runs the loop (line mode with ``selectors`` on stdin and the
+socket, interactive mode in a network thread): it calls ``on_readable`` and
+``on_writable`` when the socket is ready and watches ``wants_write``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from client.files import IncomingFile, OutgoingFile, sha256_of
+from protocol import commands, replies
+from protocol.framing import NEED_DATA, BadLine, Data, DataEnd, Line, LineFramer, encode_line
+
+RECV_BYTES = 256 * 1024
+SEND_LOW_WATER = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A snapshot of one file transfer, for progress bars."""
+
+    direction: str  # "up" or "down"
+    name: str
+    done: int
+    total: int
+
+
+class ClientSession:
+    def __init__(
+        self,
+        sock: socket.socket,
+        download_dir: str,
+        emit: Callable[[str], None],
+        progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.sock = sock
+        self.download_dir = download_dir
+        self.emit = emit
+        self.progress = progress or (lambda _p: None)
+        self.framer = LineFramer(max_line=commands.MAX_DATA_FRAME)
+        self.out = bytearray()
+        self.awaiting_ready: deque[OutgoingFile] = deque()
+        self.uploading: deque[OutgoingFile] = deque()
+        self.downloads: dict[str, IncomingFile] = {}
+        self.data_target: IncomingFile | None = None
+        self.closed = False
+        self.said_goodbye = False  # the server ended the session politely
+        self.refused = False  # Connection Limit Exceeded !!
+        self.my_id: int | None = None
+        self.quit_sent = False
+
+    # -- outbound ---------------------------------------------------------------
+
+    def send_user_line(self, line: str) -> None:
+        """Send what the person typed; /sendfile with a path is handled here."""
+        line = line.rstrip("\r\n")
+        words = line.split(maxsplit=2)
+        if words and words[0].lower() == "/sendfile" and not self._is_wire_sendfile(line):
+            self.start_upload(words[1:])
+            return
+        if words and words[0].lower() in ("/quit", "exit"):
+            self.quit_sent = True
+        self.out += encode_line(line)
+
+    @staticmethod
+    def _is_wire_sendfile(line: str) -> bool:
+        try:
+            commands.parse(line)
+        except commands.CommandError:
+            return False
+        return True
+
+    def start_upload(self, args: list[str]) -> None:
+        usage = "usage: /sendfile <client or group id> <path>"
+        if len(args) != 2:
+            self.emit(replies.error(f"/sendfile: {usage}"))
+            return
+        try:
+            target = commands.parse_id(args[0], "client or group", "/sendfile")
+        except commands.CommandError as exc:
+            self.emit(replies.error(str(exc)))
+            return
+        path = os.path.expanduser(args[1])
+        try:
+            if not os.path.isfile(path):
+                raise OSError(
+                    f"{args[1]} is not a regular file" if os.path.exists(path) else f"no such file: {args[1]}"
+                )
+            size, digest = sha256_of(path)
+        except OSError as exc:
+            self.emit(
+                replies.error(f"/sendfile: cannot read {args[1]}: {exc.strerror or exc}; nothing was sent")
+            )
+            return
+        outgoing = OutgoingFile(target, path, os.path.basename(path) or "file", size, digest)
+        self.awaiting_ready.append(outgoing)
+        self.out += encode_line(commands.format_sendfile(target, size, digest, outgoing.name))
+
+    @property
+    def busy(self) -> bool:
+        """True while an upload is waiting or moving (EOF waits for it)."""
+        return bool(self.awaiting_ready or self.uploading)
+
+    def wants_write(self) -> bool:
+        self.pump_uploads()
+        return bool(self.out)
+
+    def pump_uploads(self) -> None:
+        """Queue data frames while the output buffer is low."""
+        while self.uploading and len(self.out) < SEND_LOW_WATER:
+            outgoing = self.uploading[0]
+            try:
+                chunk = outgoing.next_chunk()
+            except OSError as exc:
+                # The header promised bytes we cannot produce; the stream is
+                # unrecoverable, so say why and end the session.
+                self.emit(replies.error(f"/sendfile: reading {outgoing.path} failed: {exc}"))
+                self.uploading.popleft()
+                outgoing.close()
+                self.close()
+                return
+            self.out += encode_line(commands.format_data(outgoing.transfer, len(chunk)))
+            self.out += chunk
+            self.progress(Progress("up", outgoing.name, outgoing.sent, outgoing.size))
+            if outgoing.done:
+                outgoing.close()
+                self.uploading.popleft()
+
+    def on_writable(self) -> None:
+        if not self.out:
+            return
+        try:
+            sent = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        del self.out[:sent]
+
+    # -- inbound -----------------------------------------------------------------
+
+    def on_readable(self) -> None:
+        try:
+            data = self.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return
+        self.framer.feed(data)
+        while not self.closed:
+            event = self.framer.next_event()
+            if event is NEED_DATA:
+                break
+            if isinstance(event, Line):
+                self.on_line(event.text)
+            elif isinstance(event, BadLine):
+                self.emit(replies.error(f"from the server: {event.reason}"))
+            elif isinstance(event, Data):
+                self.on_data(event.chunk)
+            elif isinstance(event, DataEnd):
+                self.data_target = None
+
+    def on_line(self, line: str) -> None:
+        header = replies.parse_file_header(line)
+        if header is not None:
+            self.start_download(header)
+            return
+        parsed = replies.classify(line)
+        if parsed.kind == "data":
+            self.on_data_frame(line)
+            return
+        if parsed.kind == "upload":
+            self.on_upload_answer(line)
+            return
+        if parsed.kind == "abort":
+            transfer = line[len("[abort ") :].split("]", 1)[0]
+            incoming = self.downloads.pop(transfer, None)
+            if incoming is not None:
+                incoming.discard()
+            self.emit(replies.error(f"file {transfer} was not completed: {parsed.body}"))
+            return
+        if parsed.kind == "welcome":
+            digits = [w.strip(".;,") for w in parsed.body.split() if w.strip(".;,").isdigit()]
+            self.my_id = int(digits[0]) if digits else None
+        elif parsed.kind == "bye":
+            self.said_goodbye = True
+        elif parsed.kind == "limit":
+            self.refused = True
+        self.emit(line)
+
+    def on_upload_answer(self, line: str) -> None:
+        if not self.awaiting_ready:
+            self.emit(line)
+            return
+        outgoing = self.awaiting_ready.popleft()
+        if line.startswith("[upload refused]"):
+            self.emit(replies.error(f"/sendfile refused by the server: {line[len('[upload refused] ') :]}"))
+            return
+        outgoing.transfer = line[len("[upload ") :].split(" ", 1)[0]
+        if outgoing.size == 0:
+            self.emit(replies.ok(f"sending '{outgoing.name}' (0 bytes) as file {outgoing.transfer}"))
+            return
+        self.emit(
+            replies.ok(f"sending '{outgoing.name}' ({outgoing.size} bytes) as file {outgoing.transfer}")
+        )
+        self.uploading.append(outgoing)
+
+    def start_download(self, header: replies.FileHeader) -> None:
+        try:
+            incoming = IncomingFile(header, self.download_dir)
+        except OSError as exc:
+            self.emit(replies.error(f"cannot save file {header.transfer}: {exc.strerror or exc}"))
+            self.downloads[header.transfer] = None  # type: ignore[assignment]  # skip its frames
+            return
+        self.downloads[header.transfer] = incoming
+        if header.size == 0:
+            self.finish_download(incoming)
+
+    def on_data_frame(self, line: str) -> None:
+        head, _, size_text = line.partition("] ")
+        transfer = head[len("[data ") :]
+        if not size_text.isdigit() or int(size_text) > commands.MAX_DATA_FRAME:
+            self.emit(replies.error(f"malformed data frame from the server: {line[:80]!r}"))
+            self.close()
+            return
+        self.framer.expect_raw(int(size_text))
+        self.data_target = self.downloads.get(transfer)
+
+    def on_data(self, chunk: bytes) -> None:
+        incoming = self.data_target
+        if incoming is None:
+            return
+        try:
+            incoming.write(chunk)
+        except (OSError, ValueError) as exc:
+            incoming.discard()
+            self.downloads[incoming.header.transfer] = None  # type: ignore[assignment]
+            self.data_target = None
+            self.emit(replies.error(f"file {incoming.header.transfer} not saved: {exc}"))
+            return
+        self.progress(Progress("down", incoming.name, incoming.received, incoming.header.size))
+        if incoming.complete:
+            self.finish_download(incoming)
+
+    def finish_download(self, incoming: IncomingFile) -> None:
+        header = incoming.header
+        self.downloads.pop(header.transfer, None)
+        self.data_target = None
+        try:
+            path = incoming.finish()
+        except (OSError, ValueError) as exc:
+            self.emit(
+                replies.error(f"file {header.transfer} '{header.name}' from {header.sender} discarded: {exc}")
+            )
+            return
+        via = f" (group {header.group_id})" if header.group_id else ""
+        self.emit(
+            f"[saved] file '{incoming.name}' from {header.sender}{via} saved to {path} ({header.size} bytes)"
+        )
+
+    # -- end -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for incoming in self.downloads.values():
+            if incoming is not None:
+                incoming.discard()
+        self.downloads.clear()
+        for outgoing in self.uploading:
+            outgoing.close()
+        try:
+            self.sock.close()
+        except OSError:
+            pass

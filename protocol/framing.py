@@ -1,0 +1,145 @@
+"""Line framing with a length cap, and raw byte runs for file bodies.
+
+No sockets here (the h11 idea): bytes go in with ``feed``, events come out of
+``next_event``, one at a time.  Pulling one event at a time is what lets the
+caller switch to raw mode right after a file header line: the bytes behind
+the header are still in the buffer, untouched, when ``expect_raw`` is called.
+
+Denial-of-service thinking:
+
+* Work is O(bytes fed): the search for a newline resumes where the last one
+  stopped instead of rescanning the buffer.
+* Memory is O(MAX_LINE_BYTES): a line that grows past the cap is reported
+  once and then skipped up to its newline without being kept.
+* Invalid UTF-8 is an event, never an exception that could end a worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Longest line accepted, newline excluded (Redis calls this its inline limit).
+MAX_LINE_BYTES = 64 * 1024
+#: How much of a raw run is handed out per event.
+RAW_CHUNK_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Line:
+    """A complete, decoded line without its terminator (``\\n`` or ``\\r\\n``)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """A line that was discarded; ``reason`` is written for the peer to read."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Data:
+    """Part of a raw run announced with ``expect_raw``."""
+
+    chunk: bytes
+
+
+@dataclass(frozen=True)
+class DataEnd:
+    """The announced raw run is complete."""
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+#: Returned by ``next_event`` when more bytes must be fed first.
+NEED_DATA = _NeedData()
+
+Event = Line | BadLine | Data | DataEnd | _NeedData
+
+
+class LineFramer:
+    """Turns a byte stream into lines, bad-line reports and raw runs."""
+
+    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
+        self.max_line = max_line
+        self._buffer = bytearray()
+        self._scanned = 0  # bytes of _buffer known to hold no newline
+        self._discarding = False  # inside an over-long line, skipping to its end
+        self._raw_left: int | None = None  # bytes still due in raw mode
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    @property
+    def in_raw_mode(self) -> bool:
+        return self._raw_left is not None
+
+    def expect_raw(self, size: int) -> None:
+        """Treat the next ``size`` bytes as raw data (a file body), not lines."""
+        if size < 0:
+            raise ValueError("raw size must not be negative")
+        self._raw_left = size
+
+    def cancel_raw(self) -> None:
+        """Leave raw mode; what was already buffered is treated as lines again."""
+        self._raw_left = None
+
+    def next_event(self) -> Event:
+        if self._raw_left is not None:
+            return self._next_raw()
+        while True:
+            newline = self._buffer.find(b"\n", self._scanned)
+            if newline < 0:
+                if self._discarding:
+                    self._buffer.clear()
+                    self._scanned = 0
+                    return NEED_DATA
+                if len(self._buffer) > self.max_line + 1:  # +1: a pending "\r"
+                    self._discarding = True
+                    self._buffer.clear()
+                    self._scanned = 0
+                    return BadLine(f"line too long (over {self.max_line} bytes without a newline); discarded")
+                self._scanned = len(self._buffer)
+                return NEED_DATA
+            raw = bytes(self._buffer[:newline])
+            del self._buffer[: newline + 1]
+            self._scanned = 0
+            if self._discarding:
+                self._discarding = False
+                continue
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            if len(raw) > self.max_line:
+                return BadLine(f"line too long ({len(raw)} bytes, limit {self.max_line}); discarded")
+            try:
+                return Line(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                return BadLine(f"line is not valid UTF-8 (byte {exc.start}); discarded")
+
+    def _next_raw(self) -> Event:
+        assert self._raw_left is not None
+        if self._raw_left == 0:
+            self._raw_left = None
+            return DataEnd()
+        if not self._buffer:
+            return NEED_DATA
+        take = min(self._raw_left, len(self._buffer), RAW_CHUNK_BYTES)
+        chunk = bytes(self._buffer[:take])
+        del self._buffer[:take]
+        self._raw_left -= take
+        return Data(chunk)
+
+
+def encode_line(text: str) -> bytes:
+    """One line on the wire: UTF-8 and a newline.  Newlines inside are refused."""
+    if "\n" in text:
+        raise ValueError("a line cannot contain a newline")
+    return text.encode("utf-8") + b"\n"

@@ -1,0 +1,77 @@
+"""``python -m server``: start the shmchat server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from server.config import MiB, ServerConfig
+from server.parent import run
+from shm import layout
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="shmchat-server",
+        description="Multi-client chat server: one forked worker per client, "
+        "client and message tables in System V shared memory.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument(
+        "--port", type=int, default=5000, help="TCP port; 0 picks a free one (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-clients",
+        type=int,
+        default=layout.DEFAULT_MAX_CLIENTS,
+        help=f"clients online at once, 1-{layout.MAX_CLIENTS_LIMIT} (default: %(default)s)",
+    )
+    parser.add_argument("--max-groups", type=int, default=16, help="groups at once (default: %(default)s)")
+    parser.add_argument(
+        "--max-file-size",
+        type=int,
+        default=100 * MiB,
+        help="largest file /sendfile accepts, in bytes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--spool-dir", default=None, help="folder for files in transit (default: a private temp folder)"
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="what the server logs to stderr (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error("--port must be 0-65535")
+    if not 1 <= args.max_clients <= layout.MAX_CLIENTS_LIMIT:
+        parser.error(f"--max-clients must be 1-{layout.MAX_CLIENTS_LIMIT}")
+    if not 1 <= args.max_groups <= 1024:
+        parser.error("--max-groups must be 1-1024")
+    if args.max_file_size < 0:
+        parser.error("--max-file-size must not be negative")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        max_clients=args.max_clients,
+        max_groups=args.max_groups,
+        max_file_size=args.max_file_size,
+        spool_dir=args.spool_dir,
+    )
+    return run(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""The server's settings, with the defaults the spec and the issues ask for."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+from shm import layout
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 5000
+    max_clients: int = layout.DEFAULT_MAX_CLIENTS
+    max_groups: int = 16
+    #: Ring bytes per client mailbox in the message table.
+    mailbox_bytes: int = layout.DEFAULT_MAILBOX_BYTES
+    #: Output a client may leave unread before it is disconnected (Redis's
+    #: "client output buffer limit").
+    output_limit: int = 4 * MiB
+    max_file_size: int = 100 * MiB
+    #: Where uploads are spooled; None means a private folder per port under
+    #: the temporary directory.
+    spool_dir: str | None = None
+    #: Seconds a worker gets to say goodbye at shutdown before it is killed.
+    shutdown_grace: float = 3.0
+
+    def spool_path(self, port: int) -> str:
+        if self.spool_dir:
+            return self.spool_dir
+        return os.path.join(tempfile.gettempdir(), f"shmchat-{os.geteuid()}-{port}-spool")

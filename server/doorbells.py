@@ -1,0 +1,44 @@
+"""One eventfd per client slot: how a worker learns it has mail.
+
+The shared tables hold the mail; a doorbell only says "look now".  An eventfd
+is a kernel counter with a file descriptor, so a worker can wait for its
+socket and its doorbell in the same ``select``; ringing adds one, reading
+returns the sum and resets it, so a burst of posts costs the receiver one
+wake-up.  The parent creates every doorbell before its first fork and every
+worker inherits all of them: it reads its own and rings the others.
+
+Why not a POSIX message queue (``posix_ipc``) or a signal?  Both work; an
+eventfd is the fastest of the three here, has no name that a crash could
+leak, and needs no cleanup beyond closing it (see ``docs/design.md``).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class Doorbells:
+    def __init__(self, count: int) -> None:
+        self._fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(count)]
+
+    def fileno(self, slot: int) -> int:
+        return self._fds[slot]
+
+    def ring(self, slot: int) -> None:
+        """Wake the worker of ``slot``.  Never blocks."""
+        try:
+            os.eventfd_write(self._fds[slot], 1)
+        except BlockingIOError:
+            pass  # the counter is saturated: the worker is certainly awake
+
+    def clear(self, slot: int) -> None:
+        """Consume the rings of ``slot`` (its worker does this before taking mail)."""
+        try:
+            os.eventfd_read(self._fds[slot])
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []

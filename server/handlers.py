@@ -1,0 +1,295 @@
+"""Command handlers: from (caller, request, tables) to replies and deliveries.
+
+A handler reads and changes the shared tables through their methods (each
+takes its lock once), and returns what should happen next as plain data: the
+lines for the caller's own socket and the records to post into other
+clients' mailboxes.  It never touches a socket and never posts mail itself,
+so the worker stays in charge of flow control and the handlers read as a
+list of rules that a unit test can call directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from protocol import commands, replies
+from protocol.commands import (
+    Active,
+    AnswerRequest,
+    Broadcast,
+    DeclineGroup,
+    Help,
+    JoinGroup,
+    ListGroups,
+    MakeGroup,
+    Quit,
+    Request,
+    Send,
+    SendGroup,
+)
+from shm.directory import ClientInfo, GroupChange, GroupError, GroupInfo
+from shm.layout import RecordKind
+from shm.mailboxes import Posting, Record
+from shm.segments import ServerIpc
+
+SERVER_SLOT = -1  # sender slot of records posted by the parent
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The client a worker serves."""
+
+    slot: int
+    generation: int
+    client_id: int
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A record for one mailbox, and what to tell the caller if its owner has left."""
+
+    posting: Posting
+    on_gone: str | None = None
+
+
+@dataclass
+class Outcome:
+    replies: list[str] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+    quit: bool = False
+
+
+def deliver(
+    to: ClientInfo,
+    kind: RecordKind,
+    sender: Caller | None,
+    text: str,
+    group_id: int = 0,
+    on_gone: str | None = None,
+) -> Delivery:
+    """Build the delivery of one text record to one client."""
+    record = Record(
+        kind=kind,
+        sender_slot=sender.slot if sender else SERVER_SLOT,
+        sender_id=sender.client_id if sender else 0,
+        group_id=group_id,
+        payload=text.encode("utf-8"),
+    )
+    return Delivery(Posting(to.slot, to.generation, record), on_gone)
+
+
+def notices(recipients: Iterable[ClientInfo], line: str) -> list[Delivery]:
+    """The same finished server line for several clients."""
+    return [deliver(c, RecordKind.NOTICE, None, line) for c in recipients]
+
+
+def _online(ipc: ServerIpc) -> dict[int, ClientInfo]:
+    return {c.client_id: c for c in ipc.directory.online()}
+
+
+def describe_group(group: GroupInfo) -> str:
+    text = f"group {group.group_id}: admin {group.admin_id}; members {', '.join(map(str, group.members))}"
+    if group.invited:
+        text += f"; invited {', '.join(map(str, group.invited))}"
+    if group.requests:
+        text += f"; asking to join {', '.join(map(str, group.requests))}"
+    return text
+
+
+# -- one handler per request ------------------------------------------------------
+
+
+def handle_help(caller: Caller, request: Help, ipc: ServerIpc) -> Outcome:
+    lines = commands.help_lines(request.topic)
+    if request.topic is None:
+        lines.append("ids are 5-digit numbers; /active shows who is online")
+    return Outcome(replies=[replies.help_line(line) for line in lines])
+
+
+def handle_active(caller: Caller, request: Active, ipc: ServerIpc) -> Outcome:
+    ids = [c.client_id for c in ipc.directory.online()]
+    return Outcome(replies=[replies.active(caller.client_id, ids)])
+
+
+def handle_send(caller: Caller, request: Send, ipc: ServerIpc) -> Outcome:
+    if request.target == caller.client_id:
+        return Outcome(replies=[replies.error(f"{request.target} is your own id; pick another client")])
+    target = ipc.directory.resolve(request.target)
+    if isinstance(target, GroupInfo):
+        return Outcome(
+            replies=[replies.error(f"{request.target} is a group; use /sendgroup {request.target} <message>")]
+        )
+    if target is None:
+        return Outcome(replies=[replies.offline(request.target)])
+    gone = replies.error(f"client {request.target} disconnected; message discarded")
+    return Outcome(deliveries=[deliver(target, RecordKind.PRIVATE, caller, request.text, on_gone=gone)])
+
+
+def handle_broadcast(caller: Caller, request: Broadcast, ipc: ServerIpc) -> Outcome:
+    others = [c for c in ipc.directory.online() if c.client_id != caller.client_id]
+    if not others:
+        return Outcome(replies=[replies.notice("nobody else is online; broadcast not sent")])
+    return Outcome(deliveries=[deliver(c, RecordKind.BROADCAST, caller, request.text) for c in others])
+
+
+def handle_makegroup(caller: Caller, request: MakeGroup, ipc: ServerIpc) -> Outcome:
+    created = ipc.directory.create_group(caller.client_id, list(request.members), request.invite_only)
+    group = created.group
+    online = _online(ipc)
+    out = Outcome()
+    skipped = "".join(f"; not added: {cid} ({why})" for cid, why in created.skipped.items())
+    if request.invite_only:
+        out.replies.append(
+            replies.ok(
+                f"group {group.group_id} created; invited {', '.join(map(str, group.invited))}{skipped}"
+            )
+        )
+        invite = replies.notice(
+            f"client {caller.client_id} invites you to group {group.group_id}; "
+            f"answer /joingroup {group.group_id} or /declinegroup {group.group_id}"
+        )
+        out.deliveries += notices((online[i] for i in group.invited if i in online), invite)
+    else:
+        out.replies.append(replies.ok(f"{describe_group(group)} (created){skipped}"))
+        added = replies.notice(f"client {caller.client_id} added you to {describe_group(group)}")
+        out.deliveries += notices((online[i] for i in group.members[1:] if i in online), added)
+    return out
+
+
+def _members_except(group: GroupInfo, online: dict[int, ClientInfo], *excluded: int) -> list[ClientInfo]:
+    return [online[m] for m in group.members if m in online and m not in excluded]
+
+
+def handle_joingroup(caller: Caller, request: JoinGroup, ipc: ServerIpc) -> Outcome:
+    outcome = ipc.directory.join_group(request.group_id, caller.client_id)
+    group = outcome.group
+    gid = group.group_id
+    if outcome.joined and outcome.already:
+        return Outcome(replies=[replies.ok(f"you are already a member of group {gid}")])
+    if not outcome.joined and outcome.already:
+        return Outcome(replies=[replies.ok(f"you already asked to join group {gid}; waiting for its admin")])
+    online = _online(ipc)
+    if outcome.joined:
+        news = replies.notice(f"client {caller.client_id} joined group {gid}")
+        return Outcome(
+            replies=[replies.ok(f"you joined {describe_group(group)}")],
+            deliveries=notices(_members_except(group, online, caller.client_id), news),
+        )
+    ask = replies.notice(
+        f"client {caller.client_id} asks to join group {gid}; "
+        f"answer /approve {gid} {caller.client_id} or /deny {gid} {caller.client_id}"
+    )
+    admin = [online[group.admin_id]] if group.admin_id in online else []
+    return Outcome(
+        replies=[
+            replies.ok(
+                f"you are not invited to group {gid}; your request was sent to its admin {group.admin_id}"
+            )
+        ],
+        deliveries=notices(admin, ask),
+    )
+
+
+def handle_answer(caller: Caller, request: AnswerRequest, ipc: ServerIpc) -> Outcome:
+    group = ipc.directory.answer_request(
+        request.group_id, caller.client_id, request.client_id, request.approve
+    )
+    online = _online(ipc)
+    gid, who = group.group_id, request.client_id
+    requester = [online[who]] if who in online else []
+    if not request.approve:
+        return Outcome(
+            replies=[replies.ok(f"denied {who}'s request to join group {gid}")],
+            deliveries=notices(
+                requester, replies.notice(f"the admin of group {gid} denied your request to join")
+            ),
+        )
+    out = Outcome(replies=[replies.ok(f"approved: {who} joined group {gid}")])
+    out.deliveries += notices(
+        requester, replies.notice(f"the admin approved your request: you joined {describe_group(group)}")
+    )
+    out.deliveries += notices(
+        _members_except(group, online, caller.client_id, who),
+        replies.notice(f"client {who} joined group {gid}"),
+    )
+    return out
+
+
+def handle_declinegroup(caller: Caller, request: DeclineGroup, ipc: ServerIpc) -> Outcome:
+    group = ipc.directory.decline_invitation(request.group_id, caller.client_id)
+    online = _online(ipc)
+    admin = [online[group.admin_id]] if group.admin_id in online else []
+    news = replies.notice(f"client {caller.client_id} declined the invitation to group {group.group_id}")
+    return Outcome(
+        replies=[replies.ok(f"declined the invitation to group {group.group_id}")],
+        deliveries=notices(admin, news),
+    )
+
+
+def handle_sendgroup(caller: Caller, request: SendGroup, ipc: ServerIpc) -> Outcome:
+    group = ipc.directory.group_for_sender(request.group_id, caller.client_id)
+    peers = _members_except(group, _online(ipc), caller.client_id)
+    if not peers:
+        return Outcome(
+            replies=[replies.notice(f"you are the only member of group {group.group_id}; not sent")]
+        )
+    return Outcome(
+        deliveries=[deliver(p, RecordKind.GROUP, caller, request.text, group.group_id) for p in peers]
+    )
+
+
+def handle_listgroups(caller: Caller, request: ListGroups, ipc: ServerIpc) -> Outcome:
+    groups = ipc.directory.groups(None if request.everyone else caller.client_id)
+    scope = "on the server" if request.everyone else "you belong to"
+    if not groups:
+        return Outcome(replies=[replies.groups_line(f"no groups {scope}")])
+    lines = [replies.groups_line(f"{len(groups)} group(s) {scope}")]
+    lines += [replies.groups_line(describe_group(g)) for g in groups]
+    return Outcome(replies=lines)
+
+
+def handle_quit(caller: Caller, request: Quit, ipc: ServerIpc) -> Outcome:
+    return Outcome(replies=[replies.bye(f"goodbye, {caller.client_id}")], quit=True)
+
+
+HANDLERS: dict[type, Callable[[Caller, Request, ServerIpc], Outcome]] = {
+    Help: handle_help,
+    Active: handle_active,
+    Send: handle_send,
+    Broadcast: handle_broadcast,
+    MakeGroup: handle_makegroup,
+    JoinGroup: handle_joingroup,
+    AnswerRequest: handle_answer,
+    DeclineGroup: handle_declinegroup,
+    SendGroup: handle_sendgroup,
+    ListGroups: handle_listgroups,
+    Quit: handle_quit,
+}
+
+
+def handle(caller: Caller, request: Request, ipc: ServerIpc) -> Outcome:
+    """Run the handler for a parsed request; rule violations become error lines."""
+    try:
+        return HANDLERS[type(request)](caller, request, ipc)
+    except GroupError as exc:
+        return Outcome(replies=[replies.error(str(exc))])
+
+
+# -- departures (run by the parent after it reaps a worker) -----------------------
+
+
+def departure_notices(left_id: int, how: str, changes: list[GroupChange], ipc: ServerIpc) -> list[Delivery]:
+    """Tell everyone who left, and each group's remaining members what changed."""
+    online = _online(ipc)
+    out = notices(online.values(), replies.left(left_id, how))
+    for change in changes:
+        if change.dissolved:
+            continue
+        group = change.group
+        members = _members_except(group, online)
+        text = f"client {left_id} left group {group.group_id}"
+        if change.new_admin is not None:
+            text += f"; client {change.new_admin} is now its admin"
+        out += notices(members, replies.notice(text))
+    return out

@@ -1,0 +1,344 @@
+"""The parent process: bind, create the IPC objects, accept, fork, reap, shut down.
+
+Modelled on CPython's ``socketserver.ForkingMixIn``, with the shared tables
+added.  The order of events is what makes it dependable:
+
+1. Bind the port first: a second server on the same port fails here,
+   before it could touch the first one's IPC objects.
+2. Create every System V object and every doorbell before the first fork,
+   reclaiming what a server killed with SIGKILL left under the same keys.
+3. Accept in a ``selectors`` loop that also watches a self-pipe fed by
+   ``signal.set_wakeup_fd``.  Signal handlers only set a flag; the loop
+   reaps children (``waitpid(WNOHANG)``) and never takes a table lock inside
+   a handler (the locks are not re-entrant).
+4. Each accepted client gets a slot and an id in the client table, an empty
+   mailbox, and a forked worker (``server.worker``), which leaves with
+   ``os._exit``.  The 6th client is told the spec's exact refusal.
+5. After reaping a worker, whatever the reason it ended (EXIT, lost
+   connection, SIGKILL), the parent frees its slot, closes its mailbox,
+   bounces unread private messages to their senders, removes its spool files
+   and tells everyone who left.  One code path for every way of leaving.
+6. On SIGINT or SIGTERM: say goodbye through every mailbox, give the workers
+   a few seconds, kill the stragglers, reap them all, then remove every
+   segment and semaphore.  The creator is the destroyer.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+
+from protocol import replies
+from protocol.framing import encode_line
+from server import handlers
+from server.config import ServerConfig
+from server.doorbells import Doorbells
+from server.handlers import Caller, Delivery
+from server.transfers import Spool, decode_file_notice, encode_file_result
+from server.worker import WorkerExit, run_worker
+from shm.layout import RecordKind
+from shm.mailboxes import Posting, PostResult, Record
+from shm.segments import ServerIpc
+
+log = logging.getLogger(__name__)
+
+#: While notices wait for room in a full mailbox, the loop retries this often.
+RETRY_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class Child:
+    pid: int
+    caller: Caller
+
+
+def describe_exit(status: int) -> str | None:
+    """How a client left, from its worker's wait status (None: say nothing)."""
+    if os.WIFSIGNALED(status):
+        name = signal.Signals(os.WTERMSIG(status)).name
+        return f"disconnected (its worker process died: {name})"
+    code = os.WEXITSTATUS(status)
+    return {
+        WorkerExit.QUIT: "left",
+        WorkerExit.CONNECTION_LOST: "disconnected (connection lost)",
+        WorkerExit.TOO_SLOW: "was disconnected (it stopped reading its messages)",
+        WorkerExit.SHUTDOWN: None,
+        WorkerExit.PROTOCOL_ERROR: "was disconnected (protocol error)",
+    }.get(code, f"disconnected (its worker failed with status {code})")
+
+
+class ChatServer:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.children: dict[int, Child] = {}
+        self.stopping = False
+        self.pending: list[Delivery] = []
+        self.listener: socket.socket | None = None
+        self.ipc: ServerIpc | None = None
+        self.doorbells: Doorbells | None = None
+        self.spool: Spool | None = None
+        self.selector = selectors.DefaultSelector()
+        self._wake_r = self._wake_w = -1
+
+    # -- start ---------------------------------------------------------------
+
+    def start(self) -> tuple[str, int]:
+        """Bind and create every IPC object; return the address listened on."""
+        cfg = self.config
+        listener = socket.create_server((cfg.host, cfg.port), backlog=128, reuse_port=False)
+        self.listener = listener
+        listener.setblocking(False)
+        host, port = listener.getsockname()[:2]
+        self.ipc = ServerIpc.create(port, cfg.max_clients, cfg.max_groups, cfg.mailbox_bytes)
+        self.doorbells = Doorbells(cfg.max_clients)
+        self.spool = Spool(cfg.spool_path(port))
+        self.spool.reset()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wake_w)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the loop
+        self.selector.register(listener, selectors.EVENT_READ, "accept")
+        self.selector.register(self._wake_r, selectors.EVENT_READ, "signal")
+        return host, port
+
+    def _on_stop_signal(self, signum: int, frame: object) -> None:
+        self.stopping = True  # acted on in the loop: never lock tables in a handler
+
+    # -- the loop ----------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        try:
+            while not self.stopping:
+                timeout = RETRY_SECONDS if self.pending else None
+                for key, _ in self.selector.select(timeout):
+                    if key.data == "signal":
+                        self._drain_wakeups()
+                    elif not self.stopping:
+                        self.accept_all()
+                self.reap()
+                self.post_pending()
+        finally:
+            self.shutdown()
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def accept_all(self) -> None:
+        assert self.listener is not None and self.ipc is not None
+        while True:
+            try:
+                conn, addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: log, keep serving
+                log.error("accept failed: %s", exc)
+                return
+            info = self.ipc.directory.claim_slot(addr[0], addr[1])
+            if info is None:
+                log.info("refused %s:%d: all %d slots in use", addr[0], addr[1], self.config.max_clients)
+                self.refuse(conn)
+                continue
+            self.spawn(conn, Caller(info.slot, info.generation, info.client_id))
+            log.info("client %d connected from %s:%d (slot %d)", info.client_id, addr[0], addr[1], info.slot)
+
+    def refuse(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        try:
+            conn.send(encode_line(replies.CONNECTION_LIMIT))
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        conn.close()
+
+    def spawn(self, conn: socket.socket, caller: Caller) -> None:
+        assert self.ipc is not None and self.doorbells is not None and self.spool is not None
+        self.ipc.messages.open(caller.slot, caller.generation)
+        # Announce the newcomer before the fork, so it cannot see its own arrival.
+        others = [c for c in self.ipc.directory.online() if c.client_id != caller.client_id]
+        self.pending += handlers.notices(others, replies.joined(caller.client_id))
+        gc.freeze()  # keep the inherited heap shared: the child will not dirty it by collecting
+        parent_pid = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            signal.set_wakeup_fd(-1)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self.selector.close()
+            assert self.listener is not None
+            self.listener.close()
+            run_worker(caller, conn, self.ipc, self.doorbells, self.spool, self.config, parent_pid)
+        conn.close()
+        self.ipc.directory.set_worker_pid(caller.slot, caller.generation, pid)
+        self.children[pid] = Child(pid, caller)
+        self.post_pending()
+
+    # -- departures ---------------------------------------------------------------------
+
+    def reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is not None:
+                self.departure(child, status)
+
+    def departure(self, child: Child, status: int) -> None:
+        """Clean up after a worker, however it ended, and tell the others."""
+        assert self.ipc is not None and self.spool is not None and self.doorbells is not None
+        caller = child.caller
+        how = describe_exit(status)
+        released = self.ipc.directory.release_slot(caller.slot, caller.generation)
+        unread, waiters = self.ipc.messages.close(caller.slot, caller.generation)
+        for slot in waiters:
+            self.doorbells.ring(slot)  # they retry, and learn the receiver is gone
+        _, transfers = self.spool.leftovers(caller.slot, caller.generation)
+        if released is None:
+            return
+        _, changes = released
+        log.info("client %d %s", caller.client_id, how or "closed at shutdown")
+        if self.stopping:
+            return
+        self.bounce(caller.client_id, unread, transfers)
+        if how is not None:
+            self.pending += handlers.departure_notices(caller.client_id, how, changes, self.ipc)
+        self.post_pending()
+
+    def bounce(self, gone_id: int, unread: list[Record], transfers: list[str]) -> None:
+        """Tell senders that what they sent to a departed client was discarded."""
+        assert self.ipc is not None
+        online = {c.client_id: c for c in self.ipc.directory.online()}
+        names = {}
+        for record in unread:
+            if record.kind is RecordKind.FILE:
+                transfer, _size, _sha, _link, name = decode_file_notice(record.payload)
+                names[transfer] = name
+            if record.kind is not RecordKind.PRIVATE or record.sender_id not in online:
+                continue
+            sender = online[record.sender_id]
+            bounce = Record(RecordKind.BOUNCE, handlers.SERVER_SLOT, gone_id, 0, record.payload)
+            self.pending.append(Delivery(Posting(sender.slot, sender.generation, bounce)))
+        for transfer in transfers:
+            sender_id = int(transfer.split("-")[0])
+            if sender_id not in online:
+                continue
+            sender = online[sender_id]
+            payload = encode_file_result(transfer, names.get(transfer, ""), gone_id, "it went offline")
+            result = Record(RecordKind.FILE_RESULT, handlers.SERVER_SLOT, 0, 0, payload)
+            self.pending.append(Delivery(Posting(sender.slot, sender.generation, result)))
+
+    def post_pending(self) -> None:
+        """Post the parent's notices; what finds a full mailbox is retried soon."""
+        if not self.pending or self.ipc is None:
+            return
+        assert self.doorbells is not None
+        results = self.ipc.messages.post([d.posting for d in self.pending])
+        keep = []
+        for delivery, result in zip(self.pending, results, strict=True):
+            if result is PostResult.DELIVERED:
+                self.doorbells.ring(delivery.posting.slot)
+            elif result is PostResult.FULL:
+                keep.append(delivery)
+        self.pending = keep
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Say goodbye, reap every worker, remove every IPC object and the spool."""
+        self.stopping = True
+        if self.listener is not None:
+            try:
+                self.selector.unregister(self.listener)
+            except (KeyError, ValueError):
+                pass
+            self.listener.close()
+            self.listener = None
+        if self.ipc is not None and self.doorbells is not None:
+            goodbye = Record(RecordKind.SHUTDOWN, handlers.SERVER_SLOT, 0, 0, b"")
+            postings = [Posting(c.caller.slot, c.caller.generation, goodbye) for c in self.children.values()]
+            for posting, result in zip(postings, self.ipc.messages.post(postings), strict=True):
+                if result is PostResult.DELIVERED:
+                    self.doorbells.ring(posting.slot)
+                else:
+                    self._kill(posting.slot)
+        deadline = time.monotonic() + self.config.shutdown_grace
+        while self.children and time.monotonic() < deadline:
+            self.reap()
+            if self.children:
+                self.selector.select(max(0.0, min(0.1, deadline - time.monotonic())))
+                self._drain_wakeups()
+        for pid in list(self.children):
+            log.warning("worker %d did not exit in time; killing it", pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in list(self.children):
+            try:
+                _, status = os.waitpid(pid, 0)
+            except ChildProcessError:
+                status = 0
+            self.departure(self.children.pop(pid), status)
+        if self.ipc is not None:
+            self.ipc.close()
+            self.ipc = None
+        if self.doorbells is not None:
+            self.doorbells.close()
+            self.doorbells = None
+        if self.spool is not None:
+            self.spool.remove()
+            self.spool = None
+        signal.set_wakeup_fd(-1)
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+        self.selector.close()
+
+    def _kill(self, slot: int) -> None:
+        for child in self.children.values():
+            if child.caller.slot == slot:
+                try:
+                    os.kill(child.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def run(config: ServerConfig) -> int:
+    server = ChatServer(config)
+    try:
+        host, port = server.start()
+    except OSError as exc:
+        print(
+            f"shmchat-server: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        server.shutdown()
+        return 1
+    except Exception as exc:  # IpcInUse, sysv_ipc errors: say it plainly
+        print(f"shmchat-server: cannot create the shared memory: {exc}", file=sys.stderr)
+        server.shutdown()
+        return 1
+    print(
+        f"shmchat server listening on {host}:{port} "
+        f"(pid {os.getpid()}, up to {config.max_clients} clients; Ctrl-C stops it)",
+        flush=True,
+    )
+    server.serve_forever()
+    print("shmchat server stopped; its shared memory and semaphores are removed", flush=True)
+    return 0

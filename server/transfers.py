@@ -1,0 +1,185 @@
+"""Files on their way through the server: the spool folder, uploads, downloads.
+
+A file is uploaded in chunks into a private spool folder (mode 0700), never
+held whole in memory.  When the upload is complete and its SHA-256 checks
+out, the uploading worker makes one hard link per receiver, named after the
+receiver's slot and generation, removes its own name, and posts a FILE
+record to each receiver.  Each receiving worker streams its link to its
+client chunk by chunk, then removes the link; the kernel frees the data when
+the last link and descriptor are gone.  So:
+
+* a receiver that leaves mid-transfer costs the others nothing (they read
+  their own links);
+* the parent, after reaping any worker, removes the links and partial
+  uploads named for that slot and generation, and tells the senders whose
+  files were not delivered;
+* the whole folder is removed at shutdown and at start (after a crash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from dataclasses import dataclass
+
+#: Bytes per data frame, in both directions.
+CHUNK_BYTES = 64 * 1024
+#: Largest data frame a peer may announce (bounds a worker's memory).
+MAX_FRAME_BYTES = 1024 * 1024
+
+_LINK = re.compile(r"to-(?P<slot>\d+)-(?P<gen>\d+)-(?P<sender>\d+)-(?P<n>\d+)\Z")
+
+
+class Spool:
+    """The spool folder of one server."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def reset(self) -> None:
+        """Remove anything a previous server left, and make the folder afresh."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.makedirs(self.path, mode=0o700)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def upload_path(self, slot: int, generation: int, transfer: str) -> str:
+        return os.path.join(self.path, f"up-{slot}-{generation}-{transfer}.part")
+
+    def link_path(self, slot: int, generation: int, transfer: str) -> str:
+        return os.path.join(self.path, f"to-{slot}-{generation}-{transfer}")
+
+    def leftovers(self, slot: int, generation: int) -> tuple[list[str], list[str]]:
+        """Partial uploads and undelivered links of one departed slot.
+
+        Returns (upload paths, transfer ids of links); the files are removed.
+        """
+        uploads, transfers = [], []
+        try:
+            names = os.listdir(self.path)
+        except FileNotFoundError:
+            return [], []
+        for name in names:
+            full = os.path.join(self.path, name)
+            if name.startswith(f"up-{slot}-{generation}-"):
+                uploads.append(full)
+            else:
+                match = _LINK.match(name)
+                if match and int(match["slot"]) == slot and int(match["gen"]) == generation:
+                    transfers.append(f"{match['sender']}-{match['n']}")
+                else:
+                    continue
+            try:
+                os.unlink(full)
+            except FileNotFoundError:
+                pass
+        return uploads, transfers
+
+
+@dataclass
+class Upload:
+    """A file arriving from this worker's client."""
+
+    transfer: str
+    target: int
+    group_id: int  # the group it goes to, or 0 for one client
+    size: int
+    sha256: str
+    name: str
+    path: str
+    received: int = 0
+
+    def __post_init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+    def write(self, chunk: bytes) -> None:
+        if self.received + len(chunk) > self.size:
+            raise ValueError(f"more bytes than the {self.size} announced")
+        os.write(self._fd, chunk)  # a regular file: writes are complete
+        self._hash.update(chunk)
+        self.received += len(chunk)
+
+    @property
+    def complete(self) -> bool:
+        return self.received == self.size
+
+    def finish(self) -> str | None:
+        """Close the file; return None if it checks out, else the reason it does not."""
+        os.close(self._fd)
+        self._fd = -1
+        digest = self._hash.hexdigest()
+        if digest != self.sha256:
+            return f"checksum mismatch (announced {self.sha256[:12]}..., received {digest[:12]}...)"
+        return None
+
+    def discard(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+@dataclass
+class Download:
+    """A file being streamed from the spool to this worker's client."""
+
+    transfer: str
+    sender_id: int
+    sender_slot: int
+    group_id: int
+    size: int
+    sha256: str
+    name: str
+    path: str
+    sent: int = 0
+    started: bool = False
+
+    def open(self) -> None:
+        self._fd = os.open(self.path, os.O_RDONLY)
+        self.started = True
+
+    def read_chunk(self) -> bytes:
+        chunk = os.read(self._fd, min(CHUNK_BYTES, self.size - self.sent))
+        if not chunk and self.sent < self.size:
+            raise OSError(f"spool file ended after {self.sent} of {self.size} bytes")
+        self.sent += len(chunk)
+        return chunk
+
+    @property
+    def complete(self) -> bool:
+        return self.sent >= self.size
+
+    def close(self) -> None:
+        if self.started and self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def encode_file_notice(transfer: str, size: int, sha256: str, name: str, link: str) -> bytes:
+    """Payload of a FILE record: what the receiving worker needs to stream it."""
+    return "\0".join((transfer, str(size), sha256, link, name)).encode("utf-8")
+
+
+def decode_file_notice(payload: bytes) -> tuple[str, int, str, str, str]:
+    transfer, size, sha256, link, name = payload.decode("utf-8").split("\0", 4)
+    return transfer, int(size), sha256, link, name
+
+
+def encode_file_result(transfer: str, name: str, receiver: int, error: str | None) -> bytes:
+    return "\0".join((transfer, name, str(receiver), error or "")).encode("utf-8")
+
+
+def decode_file_result(payload: bytes) -> tuple[str, str, int, str | None]:
+    transfer, name, receiver, error = payload.decode("utf-8").split("\0", 3)
+    return transfer, name, int(receiver), error or None

@@ -1,0 +1,546 @@
+"""The worker: one forked process per client, a small ``selectors`` loop.
+
+A worker waits, without polling, for two file descriptors: its client's
+socket and its own doorbell.  From the socket it reads bytes, frames them
+into lines (``protocol.framing``), parses commands (``protocol.commands``),
+runs a handler (``server.handlers``) and posts the resulting records into
+other clients' mailboxes, all lines of one read in one batch under one lock,
+with one ring per receiver.  When its doorbell rings it takes its own mail
+from the message table, renders it and writes it to its socket.
+
+Flow control, so that nobody can stall anybody else:
+
+* Output to the client goes through a buffer.  Past ``output_limit`` unread
+  bytes the client is disconnected with a logged reason.
+* A post into a full mailbox is kept, in order, in ``pending`` and retried
+  when the receiver rings back; meanwhile this worker stops reading its own
+  socket, so a flooding sender is slowed by TCP, not by dropping messages.
+* File bodies are streamed from the spool a chunk at a time, only while the
+  output buffer is nearly empty, so memory stays flat whatever the size.
+
+The worker never returns to the parent's code: ``run`` ends in ``os._exit``
+with a status from ``WorkerExit`` that tells the parent how the client left.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import selectors
+import signal
+import socket
+from collections import deque
+from enum import IntEnum
+from itertools import count
+
+from protocol import commands, replies
+from protocol.commands import CommandError, DataFrame, SendFile
+from protocol.framing import NEED_DATA, BadLine, Data, DataEnd, Line, LineFramer, encode_line
+from server import handlers
+from server.config import ServerConfig
+from server.doorbells import Doorbells
+from server.handlers import Caller, Delivery
+from server.transfers import (
+    Download,
+    Spool,
+    Upload,
+    decode_file_notice,
+    decode_file_result,
+    encode_file_notice,
+    encode_file_result,
+)
+from shm.directory import ClientInfo, GroupInfo
+from shm.layout import RecordKind
+from shm.mailboxes import Posting, PostResult, Record
+from shm.segments import ServerIpc
+
+log = logging.getLogger(__name__)
+
+RECV_BYTES = 256 * 1024
+#: Below this much unsent output, the next file chunk is read from the spool.
+STREAM_LOW_WATER = 128 * 1024
+PR_SET_PDEATHSIG = 1
+
+
+class WorkerExit(IntEnum):
+    """A worker's exit status: how its client left."""
+
+    QUIT = 0  # EXIT or /quit
+    CONNECTION_LOST = 3  # the socket closed or failed
+    TOO_SLOW = 4  # the client stopped reading and passed the output limit
+    SHUTDOWN = 5  # the server is going down
+    PROTOCOL_ERROR = 6  # the byte stream could not be followed any more
+    CRASHED = 7  # an unexpected exception (a bug): logged with its traceback
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to kill this process when its parent dies (Linux prctl)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(WorkerExit.SHUTDOWN)
+
+
+class Worker:
+    def __init__(
+        self,
+        caller: Caller,
+        sock: socket.socket,
+        ipc: ServerIpc,
+        doorbells: Doorbells,
+        spool: Spool,
+        config: ServerConfig,
+    ) -> None:
+        self.caller = caller
+        self.sock = sock
+        self.ipc = ipc
+        self.doorbells = doorbells
+        self.spool = spool
+        self.config = config
+        self.framer = LineFramer()
+        self.out = bytearray()
+        self.pending: deque[Delivery] = deque()
+        self.blocked = False  # pending posts found a full mailbox: wait for room
+        self.exit: WorkerExit | None = None
+        self.sent = self.received = 0
+        self.uploads: dict[str, Upload] = {}
+        self.frame_upload: Upload | None = None  # the upload the current raw run belongs to
+        self.downloads: deque[Download] = deque()
+        self._transfer_numbers = count(1)
+        self.selector = selectors.DefaultSelector()
+
+    # -- the loop ----------------------------------------------------------------
+
+    def run(self) -> WorkerExit:
+        self.sock.setblocking(False)
+        bell = self.doorbells.fileno(self.caller.slot)
+        self.selector.register(self.sock, selectors.EVENT_READ, "socket")
+        self.selector.register(bell, selectors.EVENT_READ, "bell")
+        online = len(self.ipc.directory.online())
+        self.say(replies.welcome(self.caller.client_id, online))
+        self.take_mail()
+        while self.exit is None:
+            self.update_interest()
+            for key, mask in self.selector.select():
+                if key.data == "bell":
+                    self.doorbells.clear(self.caller.slot)
+                    self.take_mail()
+                    self.flush_pending()
+                    self.process_input()
+                else:
+                    if mask & selectors.EVENT_WRITE:
+                        self.write_some()
+                    if mask & selectors.EVENT_READ and self.exit is None:
+                        self.read_socket()
+            self.stream_files()
+            self.check_backlog()
+            self.count_traffic()
+        self.finish()
+        return self.exit
+
+    def update_interest(self) -> None:
+        events = 0
+        # Stop reading while posts are waiting for room: the sender slows down.
+        if not self.blocked:
+            events |= selectors.EVENT_READ
+        if self.out:
+            events |= selectors.EVENT_WRITE
+        if events == 0:
+            # Nothing to read or write: wait for the doorbell only.
+            try:
+                self.selector.unregister(self.sock)
+            except KeyError:
+                pass
+            return
+        try:
+            self.selector.modify(self.sock, events, "socket")
+        except KeyError:
+            self.selector.register(self.sock, events, "socket")
+
+    # -- socket input --------------------------------------------------------------
+
+    def read_socket(self) -> None:
+        try:
+            data = self.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.info("client %d: connection error: %s", self.caller.client_id, exc)
+            self.exit = WorkerExit.CONNECTION_LOST
+            return
+        if not data:
+            self.exit = WorkerExit.CONNECTION_LOST
+            return
+        self.framer.feed(data)
+        self.process_input()
+
+    def process_input(self) -> None:
+        """Handle every complete line buffered, then post the batch.
+
+        Stops early while posts are blocked on a full mailbox; the rest stays
+        in the framer until the receiver makes room and rings back.
+        """
+        while self.exit is None and not self.blocked:
+            event = self.framer.next_event()
+            if event is NEED_DATA:
+                break
+            if isinstance(event, Line):
+                self.handle_line(event.text)
+            elif isinstance(event, BadLine):
+                self.say(replies.error(event.reason))
+            elif isinstance(event, Data):
+                self.upload_chunk(event.chunk)
+            elif isinstance(event, DataEnd):
+                self.frame_upload = None
+            self.flush_pending_if_large()
+        self.flush_pending()
+
+    def handle_line(self, line: str) -> None:
+        try:
+            request = commands.parse(line)
+        except CommandError as exc:
+            self.say(replies.error(str(exc)))
+            return
+        if isinstance(request, SendFile):
+            self.start_upload(request)
+            return
+        if isinstance(request, DataFrame):
+            self.start_frame(request)
+            return
+        outcome = handlers.handle(self.caller, request, self.ipc)
+        for line_out in outcome.replies:
+            self.say(line_out)
+        self.pending.extend(outcome.deliveries)
+        if outcome.quit:
+            self.exit = WorkerExit.QUIT
+
+    # -- mail ------------------------------------------------------------------------
+
+    def flush_pending_if_large(self) -> None:
+        if len(self.pending) >= 256:
+            self.flush_pending()
+
+    def flush_pending(self) -> None:
+        """Post what is pending in one batch; keep what did not fit, in order."""
+        if not self.pending:
+            self.blocked = False
+            return
+        batch = list(self.pending)
+        results = self.ipc.messages.post([d.posting for d in batch])
+        self.pending.clear()
+        rung = set()
+        for delivery, result in zip(batch, results, strict=True):
+            if result is PostResult.DELIVERED:
+                self.sent += 1
+                rung.add(delivery.posting.slot)
+            elif result is PostResult.GONE:
+                if delivery.on_gone:
+                    self.say(delivery.on_gone)
+                self.undeliverable(delivery.posting.record)
+            else:
+                self.pending.append(delivery)
+        for slot in rung:
+            self.doorbells.ring(slot)
+        self.blocked = bool(self.pending)
+
+    def undeliverable(self, record: Record) -> None:
+        """A FILE record whose receiver left before it could be posted."""
+        if record.kind is RecordKind.FILE:
+            _transfer, _size, _sha, link, _name = decode_file_notice(record.payload)
+            try:
+                os.unlink(link)
+            except FileNotFoundError:
+                pass
+
+    def take_mail(self) -> None:
+        records, waiters = self.ipc.messages.take(self.caller.slot, self.caller.generation)
+        for slot in waiters:
+            self.doorbells.ring(slot)
+        for record in records:
+            self.received += 1
+            self.render(record)
+
+    def render(self, record: Record) -> None:
+        text = record.payload.decode("utf-8", "replace")
+        kind = record.kind
+        if kind is RecordKind.PRIVATE:
+            self.say(replies.private(record.sender_id, text))
+        elif kind is RecordKind.BROADCAST:
+            self.say(replies.broadcast(record.sender_id, text))
+        elif kind is RecordKind.GROUP:
+            self.say(replies.group_message(record.group_id, record.sender_id, text))
+        elif kind is RecordKind.NOTICE:
+            self.say(text)
+        elif kind is RecordKind.BOUNCE:
+            self.say(replies.bounced(record.sender_id, text))
+        elif kind is RecordKind.FILE:
+            transfer, size, sha256, link, name = decode_file_notice(record.payload)
+            self.downloads.append(
+                Download(
+                    transfer, record.sender_id, record.sender_slot, record.group_id, size, sha256, name, link
+                )
+            )
+        elif kind is RecordKind.FILE_RESULT:
+            transfer, name, receiver, error = decode_file_result(record.payload)
+            if error is None:
+                self.say(replies.ok(f"file {transfer} '{name}' delivered to {receiver}"))
+            else:
+                self.say(replies.error(f"file {transfer} '{name}' not delivered to {receiver}: {error}"))
+        elif kind is RecordKind.SHUTDOWN:
+            self.say(replies.shutting_down())
+            self.exit = WorkerExit.SHUTDOWN
+
+    # -- uploads (this client sends a file) -------------------------------------------------
+
+    def start_upload(self, request: SendFile) -> None:
+        name = request.name
+        refusal = self.check_upload(request)
+        if isinstance(refusal, str):
+            self.say(replies.upload_refused(name, refusal))
+            return
+        transfer = f"{self.caller.client_id}-{next(self._transfer_numbers)}"
+        group_id = refusal.group_id if isinstance(refusal, GroupInfo) else 0
+        upload = Upload(
+            transfer,
+            request.target,
+            group_id,
+            request.size,
+            request.sha256,
+            name,
+            self.spool.upload_path(self.caller.slot, self.caller.generation, transfer),
+        )
+        self.uploads[transfer] = upload
+        self.say(replies.upload_ready(transfer, request.size, name))
+        if upload.complete:  # a 0-byte file has no data frames
+            self.finish_upload(upload)
+
+    def check_upload(self, request: SendFile) -> str | ClientInfo | GroupInfo:
+        """The receiver of a proposed upload, or why it is refused."""
+        if request.size > self.config.max_file_size:
+            return f"{request.size} bytes is over the server's limit of {self.config.max_file_size} bytes"
+        if request.target == self.caller.client_id:
+            return "that is your own id"
+        target = self.ipc.directory.resolve(request.target)
+        if target is None:
+            return f"{request.target} is neither an online client nor a group"
+        if isinstance(target, GroupInfo):
+            if self.caller.client_id not in target.members:
+                return f"you are not a member of group {target.group_id}"
+            if len(target.members) < 2:
+                return f"you are the only member of group {target.group_id}"
+        return target
+
+    def start_frame(self, frame: DataFrame) -> None:
+        upload = self.uploads.get(frame.transfer)
+        self.framer.expect_raw(frame.size)
+        if upload is None:
+            self.frame_upload = None  # the bytes are skipped
+            self.say(
+                replies.error(f"/data: no upload {frame.transfer} in progress; {frame.size} bytes skipped")
+            )
+            return
+        self.frame_upload = upload
+
+    def upload_chunk(self, chunk: bytes) -> None:
+        upload = self.frame_upload
+        if upload is None or upload.transfer not in self.uploads:
+            return
+        try:
+            upload.write(chunk)
+        except (ValueError, OSError) as exc:
+            self.fail_upload(upload, str(exc))
+            self.frame_upload = None
+            return
+        if upload.complete:
+            self.finish_upload(upload)
+
+    def fail_upload(self, upload: Upload, reason: str) -> None:
+        upload.discard()
+        self.uploads.pop(upload.transfer, None)
+        self.say(
+            replies.error(f"file {upload.transfer} '{upload.name}' upload failed: {reason}; nothing was sent")
+        )
+
+    def finish_upload(self, upload: Upload) -> None:
+        """Check the upload, then link it once per receiver and post the notices."""
+        self.uploads.pop(upload.transfer, None)
+        problem = upload.finish()
+        if problem is not None:
+            upload.discard()
+            self.say(
+                replies.error(
+                    f"file {upload.transfer} '{upload.name}' upload failed: {problem}; nothing was sent"
+                )
+            )
+            return
+        online = {c.client_id: c for c in self.ipc.directory.online()}
+        if upload.group_id:
+            try:
+                group = self.ipc.directory.group_for_sender(upload.group_id, self.caller.client_id)
+            except Exception as exc:  # GroupError: the sender left the group meanwhile
+                upload.discard()
+                self.say(replies.error(f"file {upload.transfer} '{upload.name}' not sent: {exc}"))
+                return
+            receivers = [online[m] for m in group.members if m in online and m != self.caller.client_id]
+        else:
+            receivers = [online[upload.target]] if upload.target in online else []
+        names = []
+        for receiver in receivers:
+            link = self.spool.link_path(receiver.slot, receiver.generation, upload.transfer)
+            os.link(upload.path, link)
+            payload = encode_file_notice(upload.transfer, upload.size, upload.sha256, upload.name, link)
+            record = Record(
+                RecordKind.FILE, self.caller.slot, self.caller.client_id, upload.group_id, payload
+            )
+            gone = replies.error(
+                f"file {upload.transfer} '{upload.name}' not delivered to {receiver.client_id}: offline"
+            )
+            self.pending.append(Delivery(Posting(receiver.slot, receiver.generation, record), gone))
+            names.append(str(receiver.client_id))
+        upload.discard()  # the receivers' links keep the data
+        if names:
+            self.say(
+                replies.ok(
+                    f"file {upload.transfer} '{upload.name}' uploaded ({upload.size} bytes); "
+                    f"delivering to {', '.join(names)}"
+                )
+            )
+        else:
+            self.say(
+                replies.error(
+                    f"file {upload.transfer} '{upload.name}' not sent: nobody to deliver it to is online"
+                )
+            )
+
+    # -- downloads (this client receives a file) ----------------------------------------
+
+    def stream_files(self) -> None:
+        """Queue the next chunk of the current download when the output is low."""
+        while self.downloads and len(self.out) < STREAM_LOW_WATER and self.exit is None:
+            download = self.downloads[0]
+            try:
+                if not download.started:
+                    download.open()
+                    self.say(
+                        replies.file_header(
+                            download.transfer,
+                            download.sender_id,
+                            download.group_id,
+                            download.size,
+                            download.sha256,
+                            download.name,
+                        )
+                    )
+                if download.complete:
+                    self.end_download(download, None)
+                    continue
+                chunk = download.read_chunk()
+            except OSError as exc:
+                if download.started:
+                    self.say(replies.file_abort(download.transfer, "the server could not read the file"))
+                self.end_download(download, f"server error: {exc.strerror or exc}")
+                continue
+            self.out += encode_line(replies.data_frame(download.transfer, len(chunk)))
+            self.out += chunk
+            if download.complete:
+                self.end_download(download, None)
+
+    def end_download(self, download: Download, error: str | None) -> None:
+        self.downloads.popleft()
+        download.close()
+        sender = self.ipc.directory.find_client(download.sender_id)
+        if sender is None:
+            return
+        payload = encode_file_result(download.transfer, download.name, self.caller.client_id, error)
+        record = Record(
+            RecordKind.FILE_RESULT, self.caller.slot, self.caller.client_id, download.group_id, payload
+        )
+        self.pending.append(Delivery(Posting(sender.slot, sender.generation, record)))
+        self.flush_pending()
+
+    # -- output ----------------------------------------------------------------------------
+
+    def say(self, line: str) -> None:
+        self.out += encode_line(line.replace("\n", " "))
+        if len(self.out) > 64 * 1024:
+            self.write_some()
+
+    def write_some(self) -> None:
+        if not self.out:
+            return
+        try:
+            sent = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+                log.info("client %d: write failed: %s", self.caller.client_id, exc)
+            self.exit = WorkerExit.CONNECTION_LOST
+            self.out.clear()
+            return
+        del self.out[:sent]
+
+    def check_backlog(self) -> None:
+        if self.exit is None and len(self.out) > self.config.output_limit:
+            log.warning(
+                "client %d stopped reading: %d bytes of output backlog (limit %d); disconnecting",
+                self.caller.client_id,
+                len(self.out),
+                self.config.output_limit,
+            )
+            self.out.clear()
+            self.exit = WorkerExit.TOO_SLOW
+
+    def count_traffic(self) -> None:
+        if self.sent or self.received:
+            self.ipc.directory.count_traffic(self.caller.slot, self.sent, self.received)
+            self.sent = self.received = 0
+
+    def finish(self) -> None:
+        """Say goodbye within a short time, release files, close the socket."""
+        self.flush_pending()
+        for upload in list(self.uploads.values()):
+            upload.discard()
+        for download in self.downloads:
+            download.close()  # the parent reports undelivered files to their senders
+        self.count_traffic()
+        if self.exit is not WorkerExit.TOO_SLOW and self.out:
+            try:
+                self.sock.settimeout(1.0)
+                self.sock.sendall(self.out)
+            except OSError:
+                pass
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def run_worker(
+    caller: Caller,
+    sock: socket.socket,
+    ipc: ServerIpc,
+    doorbells: Doorbells,
+    spool: Spool,
+    config: ServerConfig,
+    parent_pid: int,
+) -> None:
+    """Entry point in the forked child; never returns."""
+    status = WorkerExit.CRASHED
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        die_with_parent(parent_pid)
+        status = Worker(caller, sock, ipc, doorbells, spool, config).run()
+    except BaseException:
+        log.exception("worker of client %d crashed", caller.client_id)
+    finally:
+        logging.shutdown()
+        os._exit(int(status))

@@ -1,0 +1,60 @@
+"""``python -m shm``: look at and clean up shmchat's System V objects.
+
+python -m shm list              every shmchat segment and semaphore here
+python -m shm cleanup [--port]  remove what dead servers left behind
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from shm.segments import list_objects, live_server_pid, remove_stale
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    entries = list_objects(args.port)
+    if not entries:
+        print("no shmchat IPC objects")
+        return 0
+    print(f"{'port':>5}  {'kind':4}  {'key':10}  {'id':>6}  {'object':20}  {'size':>9}  {'nattch':>6}  owner")
+    for e in entries:
+        pid = live_server_pid(e.port)
+        owner = f"server pid {pid}" if pid else "stale (server gone)"
+        size = f"{e.size} B" if e.kind == "shm" else f"{e.size} sem"
+        attached = str(e.attached) if e.kind == "shm" else "-"
+        print(
+            f"{e.port:>5}  {e.kind:4}  0x{e.key:08x}  {e.id:>6}  {e.obj.name:20}  "
+            f"{size:>9}  {attached:>6}  {owner}"
+        )
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    removed = remove_stale(args.port)
+    for e in removed:
+        print(f"removed {e.kind} id {e.id} (key 0x{e.key:08x}, port {e.port}, {e.obj.name})")
+    live = {e.port for e in list_objects(args.port)}
+    for port in sorted(live):
+        print(f"kept the objects of port {port}: server pid {live_server_pid(port)} is running")
+    if not removed:
+        print("nothing to clean up")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, text in (
+        ("list", cmd_list, "list shmchat's segments and semaphores"),
+        ("cleanup", cmd_cleanup, "remove the objects of servers that are no longer running"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--port", type=int, default=None, help="only this server port")
+        p.set_defaults(func=func)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Every byte layout and every IPC key of shmchat, declared in one place.
+
+This module is the ``svshm_xfr.h`` of the project (see TLPI chapter 48): the
+records, their ``struct`` formats and offsets, the semaphore indices and the
+key scheme live here and nowhere else.  The tables in ``shm.tables`` use these
+declarations; nothing else in the project slices shared-memory bytes.
+``docs/design.md`` draws the same layouts as byte tables.
+
+All integers are little-endian and the formats use explicit padding (``x``)
+so that each field sits where the byte tables say, whatever the platform.
+
+Key scheme
+----------
+A server owns five System V objects.  Their keys are derived from the TCP port
+the server listens on, so that a restarted server (or ``python -m shm
+cleanup``) can find what a killed one left behind without a state file::
+
+    key = 0x5C4 << 20  |  port << 4  |  object index
+
+``0x5C4`` marks the key as shmchat's; ``ipcs`` shows a server on port 5000
+(0x1388) as keys ``0x5c413880`` to ``0x5c413884``.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+
+KEY_MAGIC = 0x5C4
+KEY_MAGIC_SHIFT = 20
+KEY_PORT_SHIFT = 4
+
+#: Written at the start of every segment, checked by everything that attaches.
+SEGMENT_MAGIC = b"SHMC"
+#: Bumped whenever any record below changes shape.
+LAYOUT_VERSION = 1
+
+
+class IpcObject(IntEnum):
+    """The low four bits of each key: which object of a server it names."""
+
+    CLIENTS_SEGMENT = 0
+    MESSAGES_SEGMENT = 1
+    GROUPS_SEGMENT = 2
+    DIRECTORY_SEMAPHORE = 3
+    MESSAGES_SEMAPHORE = 4
+
+
+SEGMENTS = (IpcObject.CLIENTS_SEGMENT, IpcObject.MESSAGES_SEGMENT, IpcObject.GROUPS_SEGMENT)
+SEMAPHORES = (IpcObject.DIRECTORY_SEMAPHORE, IpcObject.MESSAGES_SEMAPHORE)
+
+
+def ipc_key(port: int, obj: IpcObject) -> int:
+    """Return the System V key of one object of the server listening on ``port``."""
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range: {port}")
+    return (KEY_MAGIC << KEY_MAGIC_SHIFT) | (port << KEY_PORT_SHIFT) | int(obj)
+
+
+def split_key(key: int) -> tuple[int, IpcObject] | None:
+    """Return ``(port, object)`` for a shmchat key, or None for anyone else's key."""
+    key &= 0xFFFFFFFF
+    if key >> KEY_MAGIC_SHIFT != KEY_MAGIC:
+        return None
+    index = key & 0xF
+    if index not in IpcObject._value2member_map_:
+        return None
+    port = (key >> KEY_PORT_SHIFT) & 0xFFFF
+    if port == 0:
+        return None
+    return port, IpcObject(index)
+
+
+# ---------------------------------------------------------------------------
+# Limits.  Named once, used everywhere (the Redis habit).
+# ---------------------------------------------------------------------------
+
+#: Client ids and group ids are drawn from this one range; they never collide.
+ID_MIN = 10000
+ID_MAX = 99999
+#: The spec's limit on connected clients.
+DEFAULT_MAX_CLIENTS = 5
+#: The client table is sized at start; the waiters bitmap below caps it.
+MAX_CLIENTS_LIMIT = 256
+#: The spec's limit on members of a group, the admin included.
+MAX_GROUP_MEMBERS = 5
+#: Outstanding invitations and join requests kept per group.
+MAX_GROUP_INVITES = 8
+MAX_GROUP_REQUESTS = 8
+#: Payload bytes of one mailbox record (a chat line is capped below this).
+MAX_RECORD_PAYLOAD = 64 * 1024 + 256
+#: Bytes of ring buffer per client mailbox.  Must hold at least one record.
+DEFAULT_MAILBOX_BYTES = 256 * 1024
+
+
+# ---------------------------------------------------------------------------
+# Segment header: the first bytes of every segment.
+# ---------------------------------------------------------------------------
+
+#: magic, layout version, record count, server pid, created at (epoch seconds).
+SEGMENT_HEADER = struct.Struct("<4sHHid")
+SEGMENT_HEADER_SIZE = 24  # padded so that records start 8-aligned
+assert SEGMENT_HEADER.size <= SEGMENT_HEADER_SIZE
+
+
+# ---------------------------------------------------------------------------
+# Client-details table: one fixed record per connection slot.
+# ---------------------------------------------------------------------------
+
+
+class SlotState(IntEnum):
+    FREE = 0
+    ONLINE = 1
+
+
+#: state, client id, worker pid, generation, connected at, peer port,
+#: peer host (NUL padded), messages sent, messages received.
+CLIENT_RECORD = struct.Struct("<B3xIiIdH6x48sQQ")
+CLIENT_RECORD_SIZE = CLIENT_RECORD.size  # 96
+CLIENT_HOST_BYTES = 48
+
+
+def clients_segment_size(max_clients: int) -> int:
+    return SEGMENT_HEADER_SIZE + max_clients * CLIENT_RECORD_SIZE
+
+
+# ---------------------------------------------------------------------------
+# Group table: one fixed record per group slot.
+# ---------------------------------------------------------------------------
+
+#: state (0 free, 1 active), member count, invite count, request count,
+#: group id, admin id, created at, members (join order, admin included),
+#: invited ids, ids that asked the admin to join.
+GROUP_RECORD = struct.Struct(f"<BBBBII4xd{MAX_GROUP_MEMBERS}I{MAX_GROUP_INVITES}I{MAX_GROUP_REQUESTS}I4x")
+GROUP_RECORD_SIZE = GROUP_RECORD.size  # 112
+
+
+def groups_segment_size(max_groups: int) -> int:
+    return SEGMENT_HEADER_SIZE + max_groups * GROUP_RECORD_SIZE
+
+
+# ---------------------------------------------------------------------------
+# Message-info table: one mailbox per client slot, each a byte ring of records.
+# ---------------------------------------------------------------------------
+
+#: head (bytes consumed, ever), tail (bytes produced, ever), records
+#: delivered (ever), owner generation, records pending, times a sender found
+#: it full, open flag, then a bitmap of the slots waiting for room in it.
+MAILBOX_HEADER = struct.Struct(f"<QQQIIIB3x{MAX_CLIENTS_LIMIT // 8}s")
+MAILBOX_HEADER_SIZE = MAILBOX_HEADER.size  # 72
+
+
+class RecordKind(IntEnum):
+    """What a mailbox record carries; the receiving worker renders it."""
+
+    PRIVATE = 1  # /send: bounced to the sender if never delivered
+    BROADCAST = 2
+    GROUP = 3
+    NOTICE = 4  # a finished line from the server (joins, leaves, group news)
+    BOUNCE = 5  # a message the receiver never got, returned to its sender
+    FILE = 6  # a spooled file to stream to the receiver
+    FILE_RESULT = 7  # a receiver's verdict on a file, for its sender
+    SHUTDOWN = 8  # the server is going down: say goodbye and exit
+
+
+#: total length (header included), kind, flags, sender slot, sender id,
+#: group id (0 if none), posted at (epoch seconds).
+RECORD_HEADER = struct.Struct("<IBBHIId")
+RECORD_HEADER_SIZE = RECORD_HEADER.size  # 24
+
+
+def messages_segment_size(max_clients: int, mailbox_bytes: int) -> int:
+    return SEGMENT_HEADER_SIZE + max_clients * (MAILBOX_HEADER_SIZE + mailbox_bytes)
+
+
+def mailbox_offset(slot: int, mailbox_bytes: int) -> int:
+    return SEGMENT_HEADER_SIZE + slot * (MAILBOX_HEADER_SIZE + mailbox_bytes)

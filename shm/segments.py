@@ -1,0 +1,265 @@
+"""Creating, attaching, finding and removing one server's System V objects.
+
+The creator is the destroyer (TLPI's rule): the server parent creates the
+three segments and two semaphores before its first fork and removes them when
+it stops.  Workers inherit the attachments through ``fork``.  A server killed
+with SIGKILL cannot clean up, so ``create`` first looks for objects with the
+same keys and removes them when nobody is using them any more; ``python -m
+shm cleanup`` does the same for every port.
+
+A segment is *stale* when no process is attached to it or when the server
+pid written in its header is no longer alive.  Workers die with their parent
+(they ask the kernel for SIGTERM on parent death), so a killed server's
+segments quickly drop to zero attachments.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import sysv_ipc
+
+from shm import layout
+from shm.directory import Directory
+from shm.layout import IpcObject
+from shm.locks import BinaryLock
+from shm.mailboxes import MessageTable
+
+log = logging.getLogger(__name__)
+
+
+class IpcInUse(Exception):
+    """Another live server owns the objects for this port."""
+
+
+@dataclass(frozen=True)
+class IpcEntry:
+    """One System V object as ``/proc/sysvipc`` lists it."""
+
+    kind: str  # "shm" or "sem"
+    key: int
+    id: int
+    port: int
+    obj: IpcObject
+    uid: int
+    size: int = 0  # bytes for a segment, semaphores for a set
+    creator_pid: int = 0
+    attached: int = 0
+
+
+def list_objects(port: int | None = None) -> list[IpcEntry]:
+    """Every shmchat object on this machine (optionally for one port)."""
+    entries = []
+    for kind, path in (("shm", "/proc/sysvipc/shm"), ("sem", "/proc/sysvipc/sem")):
+        with open(path) as table:
+            columns = table.readline().split()
+            for line in table:
+                row = dict(zip(columns, line.split(), strict=False))
+                parsed = layout.split_key(int(row["key"]))
+                if parsed is None or (port is not None and parsed[0] != port):
+                    continue
+                if kind == "shm":
+                    extra = {
+                        "size": int(row["size"]),
+                        "creator_pid": int(row["cpid"]),
+                        "attached": int(row["nattch"]),
+                    }
+                else:
+                    extra = {"size": int(row["nsems"])}
+                ident = int(row["shmid" if kind == "shm" else "semid"])
+                entries.append(
+                    IpcEntry(kind, int(row["key"]), ident, parsed[0], parsed[1], int(row["uid"]), **extra)
+                )
+    return sorted(entries, key=lambda e: (e.port, e.obj))
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _server_pid(entry: IpcEntry) -> int:
+    """The server pid recorded in a segment's header (0 if unreadable)."""
+    try:
+        segment = sysv_ipc.SharedMemory(entry.key)
+    except sysv_ipc.Error:
+        return 0
+    try:
+        raw = segment.read(layout.SEGMENT_HEADER.size, 0)
+    finally:
+        segment.detach()
+    magic, _version, _count, pid, _created = layout.SEGMENT_HEADER.unpack(raw)
+    return pid if magic == layout.SEGMENT_MAGIC else 0
+
+
+def live_server_pid(port: int) -> int | None:
+    """The pid of a live server using ``port``'s objects, if there is one."""
+    for entry in list_objects(port):
+        if entry.kind == "shm" and entry.attached > 0:
+            pid = _server_pid(entry)
+            if _alive(pid):
+                return pid
+    return None
+
+
+def remove_stale(port: int | None = None) -> list[IpcEntry]:
+    """Remove every object whose server is gone; return what was removed."""
+    entries = list_objects(port)
+    live_ports = {p for p in {e.port for e in entries} if live_server_pid(p) is not None}
+    removed = []
+    for entry in entries:
+        if entry.port in live_ports or entry.uid != os.geteuid():
+            continue
+        try:
+            if entry.kind == "shm":
+                sysv_ipc.remove_shared_memory(entry.id)
+            else:
+                sysv_ipc.remove_semaphore(entry.id)
+        except sysv_ipc.ExistentialError:
+            continue  # someone else removed it first
+        removed.append(entry)
+    return removed
+
+
+class ServerIpc:
+    """The five objects of one server: three segments and two locks.
+
+    ``directory`` (client and group tables) and ``messages`` (the mailboxes)
+    are the tables built on them.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        segments: dict[IpcObject, sysv_ipc.SharedMemory],
+        locks: dict[IpcObject, BinaryLock],
+        owner: bool,
+    ) -> None:
+        self.port = port
+        self.segments = segments
+        self.locks = locks
+        self.owner = owner
+        self.directory = Directory(
+            segments[IpcObject.CLIENTS_SEGMENT],
+            segments[IpcObject.GROUPS_SEGMENT],
+            locks[IpcObject.DIRECTORY_SEMAPHORE],
+        )
+        self.messages = MessageTable(
+            segments[IpcObject.MESSAGES_SEGMENT], locks[IpcObject.MESSAGES_SEMAPHORE]
+        )
+        self._closed = False
+
+    @classmethod
+    def create(
+        cls,
+        port: int,
+        max_clients: int = layout.DEFAULT_MAX_CLIENTS,
+        max_groups: int = 16,
+        mailbox_bytes: int = layout.DEFAULT_MAILBOX_BYTES,
+    ) -> ServerIpc:
+        """Create a server's objects, reclaiming a dead server's first."""
+        if not 1 <= max_clients <= layout.MAX_CLIENTS_LIMIT:
+            raise ValueError(f"max clients must be 1..{layout.MAX_CLIENTS_LIMIT}")
+        if mailbox_bytes < layout.RECORD_HEADER_SIZE + layout.MAX_RECORD_PAYLOAD:
+            raise ValueError("mailbox too small for one full-length record")
+        pid = live_server_pid(port)
+        if pid is not None:
+            raise IpcInUse(f"server pid {pid} still uses the IPC objects of port {port}")
+        for entry in remove_stale(port):
+            log.warning(
+                "removed stale %s id %d (key 0x%08x) left by a server that died",
+                entry.kind,
+                entry.id,
+                entry.key,
+            )
+        sizes = {
+            IpcObject.CLIENTS_SEGMENT: layout.clients_segment_size(max_clients),
+            IpcObject.MESSAGES_SEGMENT: layout.messages_segment_size(max_clients, mailbox_bytes),
+            IpcObject.GROUPS_SEGMENT: layout.groups_segment_size(max_groups),
+        }
+        segments: dict[IpcObject, sysv_ipc.SharedMemory] = {}
+        locks: dict[IpcObject, BinaryLock] = {}
+        try:
+            for obj, size in sizes.items():
+                segments[obj] = sysv_ipc.SharedMemory(
+                    layout.ipc_key(port, obj),
+                    sysv_ipc.IPC_CREX,
+                    mode=0o600,
+                    size=size,
+                    init_character=b"\0",
+                )
+            for obj in layout.SEMAPHORES:
+                locks[obj] = BinaryLock.create_available(layout.ipc_key(port, obj))
+        except BaseException:
+            _destroy(segments, locks)
+            raise
+        me = os.getpid()
+        Directory.format(
+            segments[IpcObject.CLIENTS_SEGMENT],
+            segments[IpcObject.GROUPS_SEGMENT],
+            max_clients,
+            max_groups,
+            me,
+        )
+        MessageTable.format(segments[IpcObject.MESSAGES_SEGMENT], max_clients, me)
+        return cls(port, segments, locks, owner=True)
+
+    @classmethod
+    def attach(cls, port: int) -> ServerIpc:
+        """Attach to a running server's objects (the inspector, tests)."""
+        segments = {obj: sysv_ipc.SharedMemory(layout.ipc_key(port, obj)) for obj in layout.SEGMENTS}
+        for obj, segment in segments.items():
+            magic, version, *_ = layout.SEGMENT_HEADER.unpack(segment.read(layout.SEGMENT_HEADER.size, 0))
+            if magic != layout.SEGMENT_MAGIC or version != layout.LAYOUT_VERSION:
+                for seg in segments.values():
+                    seg.detach()
+                raise ValueError(
+                    f"segment {obj.name} of port {port} is not a shmchat v{layout.LAYOUT_VERSION} segment"
+                )
+        locks = {obj: BinaryLock.attach(layout.ipc_key(port, obj)) for obj in layout.SEMAPHORES}
+        return cls(port, segments, locks, owner=False)
+
+    def close(self) -> None:
+        """Detach; the owner also removes every object.  Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self.directory.release()
+        self.messages.release()
+        if self.owner:
+            _destroy(self.segments, self.locks)
+        else:
+            for segment in self.segments.values():
+                segment.detach()
+
+    def __enter__(self) -> ServerIpc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _destroy(segments: dict, locks: dict) -> None:
+    for segment in segments.values():
+        try:
+            segment.remove()
+        except sysv_ipc.ExistentialError:
+            pass
+        try:
+            segment.detach()
+        except sysv_ipc.Error:
+            pass
+    for lock in locks.values():
+        try:
+            lock.remove()
+        except sysv_ipc.ExistentialError:
+            pass

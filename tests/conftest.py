@@ -1,0 +1,349 @@
+"""Fixtures: a real server process, real sockets, real clients, and an ipcs check.
+
+Every test runs under ``ipcs_unchanged``: the System V segments and
+semaphores on the machine must be the same after the test as before it
+(servers get a few seconds to clean up after they are stopped).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 10.0
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-soak", action="store_true", help="run the long soak tests")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-soak"):
+        return
+    skip = pytest.mark.skip(reason="long soak: run with --run-soak")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)
+
+
+# -- ipcs ------------------------------------------------------------------------
+
+
+def sysv_objects() -> set[tuple[str, int, int]]:
+    """(kind, key, id) of every System V segment and semaphore set on the machine."""
+    found = set()
+    for kind, path in (("shm", "/proc/sysvipc/shm"), ("sem", "/proc/sysvipc/sem")):
+        with open(path) as table:
+            next(table)
+            for line in table:
+                fields = line.split()
+                found.add((kind, int(fields[0]), int(fields[1])))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def ipcs_unchanged() -> Iterator[None]:
+    before = sysv_objects()
+    yield
+    deadline = time.monotonic() + 5
+    while sysv_objects() != before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = sysv_objects()
+    assert after == before, f"IPC objects leaked: {after - before}, vanished: {before - after}"
+
+
+# -- the server -------------------------------------------------------------------
+
+
+def python_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class ServerProcess:
+    """``python -m server`` on a free port of 127.0.0.1."""
+
+    def __init__(self, *args: str, spool: Path | None = None) -> None:
+        command = [sys.executable, "-m", "server", "--port", "0", "--log-level", "DEBUG", *args]
+        if spool is not None:
+            command += ["--spool-dir", str(spool)]
+        self.proc = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=python_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.stderr_lines: list[str] = []
+        self.killed = False
+        first = self.proc.stdout.readline()
+        match = re.search(r"listening on ([\d.]+):(\d+)", first)
+        if not match:
+            self.proc.kill()
+            raise RuntimeError(f"server did not start: {first!r} {self.proc.stderr.read()}")
+        self.host, self.port = match.group(1), int(match.group(2))
+        threading.Thread(target=self._collect_stderr, daemon=True).start()
+
+    def _collect_stderr(self) -> None:
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line)
+
+    def kill(self) -> None:
+        """SIGKILL the parent, as a crash would; its teardown then expects -9."""
+        self.killed = True
+        self.proc.kill()
+        self.proc.wait()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return "".join(self.stderr_lines)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = TIMEOUT) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("server did not stop in time") from None
+
+    def worker_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator:
+    """Factory: ``start_server("--max-clients", "8")`` returns a running ServerProcess."""
+    servers: list[ServerProcess] = []
+
+    def start(*args: str) -> ServerProcess:
+        server = ServerProcess(*args, spool=tmp_path / f"spool-{len(servers)}")
+        servers.append(server)
+        return server
+
+    yield start
+    failures = []
+    for server in servers:
+        code = server.stop()
+        if code != 0 and not server.killed:
+            failures.append(f"server on port {server.port} exited with {code}:\n{server.log()}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.fixture
+def server(start_server) -> ServerProcess:
+    return start_server()
+
+
+# -- clients -------------------------------------------------------------------------
+
+
+class LineReader:
+    """Collects lines from a stream in a thread, for ``expect`` with a timeout."""
+
+    def __init__(self) -> None:
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+
+    def expect(self, pattern: str, timeout: float = TIMEOUT) -> re.Match:
+        """Wait for a line matching ``pattern`` (re.search); lines before it are kept in ``seen``."""
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no line matching {pattern!r} within {timeout}s; saw {self.recent()}")
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                self.lines.put(None)
+                raise AssertionError(f"connection closed before {pattern!r}; saw {self.recent()}")
+            self.seen.append(line)
+            match = regex.search(line)
+            if match:
+                return match
+
+    def seen_or_expect(self, pattern: str, timeout: float = TIMEOUT) -> str:
+        """A line matching ``pattern`` that was already skipped over, or the next one."""
+        for line in self.seen:
+            if re.search(pattern, line):
+                return line
+        return self.expect(pattern, timeout).string
+
+    def recent(self, count: int = 15) -> list[str]:
+        """The last lines seen, shortened for assertion messages."""
+        return [line if len(line) < 160 else line[:150] + f"...({len(line)} chars)" for line in self.seen[-count:]]
+
+    def quiet(self, pattern: str, wait: float = 0.5) -> None:
+        """Assert that no line matching ``pattern`` arrives within ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        regex = re.compile(pattern)
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if line is None:
+                self.lines.put(None)
+                break
+            self.seen.append(line)
+            assert not regex.search(line), f"unexpected line {line!r}"
+
+    def closed(self, timeout: float = TIMEOUT) -> bool:
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                return False
+            if line is None:
+                self.lines.put(None)
+                return True
+            self.seen.append(line)
+        return False
+
+
+class RawClient(LineReader):
+    """A bare TCP connection, as ``nc`` would make."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        super().__init__()
+        self.sock = socket.create_connection((host, port), timeout=TIMEOUT)
+        self.sock.settimeout(None)
+        self.id: int | None = None
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        buffer = b""
+        try:
+            while chunk := self.sock.recv(65536):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    self.lines.put(line.decode("utf-8", "replace"))
+        except OSError:
+            pass
+        self.lines.put(None)
+
+    def welcome(self) -> int:
+        self.id = int(self.expect(r"^\[welcome\].*unique id is (\d{5})").group(1))
+        return self.id
+
+    def send(self, line: str) -> None:
+        self.sock.sendall(line.encode("utf-8") + b"\n")
+
+    def send_bytes(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class LineModeClient(LineReader):
+    """The real client, ``python -m client``, with stdin a pipe (line mode)."""
+
+    def __init__(self, port: int, download_dir: Path, cwd: Path | None = None) -> None:
+        super().__init__()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "client", "--port", str(port), "--download-dir", str(download_dir)],
+            cwd=cwd or ROOT,
+            env=python_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.id: int | None = None
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def welcome(self) -> int:
+        self.id = int(self.expect(r"^\[welcome\].*unique id is (\d{5})").group(1))
+        return self.id
+
+    def send(self, line: str) -> None:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def end_input(self) -> None:
+        self.proc.stdin.close()
+
+    def wait(self, timeout: float = TIMEOUT) -> int:
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def connect(server: ServerProcess) -> Iterator:
+    """Factory for raw connections to the default server; all closed afterwards."""
+    clients: list[RawClient] = []
+
+    def make(welcome: bool = True, target: ServerProcess | None = None) -> RawClient:
+        client = RawClient((target or server).port)
+        clients.append(client)
+        if welcome:
+            client.welcome()
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def line_client(server: ServerProcess, tmp_path: Path) -> Iterator:
+    """Factory for real clients in line mode, each with its own download folder."""
+    clients: list[LineModeClient] = []
+
+    def make(name: str | None = None, target: ServerProcess | None = None) -> LineModeClient:
+        folder = tmp_path / (name or f"client{len(clients)}")
+        client = LineModeClient((target or server).port, folder / "downloads", cwd=None)
+        client.download_dir = folder / "downloads"
+        clients.append(client)
+        client.welcome()
+        return client
+
+    yield make
+    for client in clients:
+        client.close()

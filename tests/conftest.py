@@ -211,7 +211,9 @@ class LineReader:
 
     def recent(self, count: int = 15) -> list[str]:
         """The last lines seen, shortened for assertion messages."""
-        return [line if len(line) < 160 else line[:150] + f"...({len(line)} chars)" for line in self.seen[-count:]]
+        return [
+            line if len(line) < 160 else line[:150] + f"...({len(line)} chars)" for line in self.seen[-count:]
+        ]
 
     def quiet(self, pattern: str, wait: float = 0.5) -> None:
         """Assert that no line matching ``pattern`` arrives within ``wait`` seconds."""

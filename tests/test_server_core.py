@@ -60,7 +60,9 @@ def test_send_reaches_only_the_target_with_spaces_kept(connect):
 def test_send_to_an_offline_id_is_refused_and_names_it(connect):
     a = connect()
     a.send("/send 12345 anyone?" if a.id != 12345 else "/send 12346 anyone?")
-    assert re.search(r"\[error\] client 1234[56] is offline; message discarded", a.expect(r"^\[error\]").string)
+    assert re.search(
+        r"\[error\] client 1234[56] is offline; message discarded", a.expect(r"^\[error\]").string
+    )
 
 
 def test_target_that_left_after_active_is_reported(connect):
@@ -154,8 +156,20 @@ def test_help_lists_every_command(connect):
     a.send("/help")
     a.expect(r"^\[help\] .*ids are 5-digit")
     text = "\n".join(a.seen)
-    for command in ["/active", "/send", "/broadcast", "/makegroup", "/makegroupreq", "/joingroup",
-                    "/sendgroup", "/activegroups", "/activeallgroups", "/sendfile", "/quit", "EXIT"]:
+    for command in [
+        "/active",
+        "/send",
+        "/broadcast",
+        "/makegroup",
+        "/makegroupreq",
+        "/joingroup",
+        "/sendgroup",
+        "/activegroups",
+        "/activeallgroups",
+        "/sendfile",
+        "/quit",
+        "EXIT",
+    ]:
         assert command in text
     a.send("/help send")
     assert a.expect(r"^\[help\]").string.startswith("[help] /send <client id> <message>")
@@ -236,13 +250,19 @@ def test_shm_cleanup_command_removes_a_dead_servers_objects(tmp_path):
     port = server.port
     before_kill = [o for o in sysv_objects() if ((o[1] >> 4) & 0xFFFF) == port and (o[1] >> 20) == 0x5C4]
     assert len(before_kill) == 5
-    result = subprocess.run([sys.executable, "-m", "shm", "cleanup", "--port", str(port)],
-                            cwd=ROOT, env=python_env(), capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "shm", "cleanup", "--port", str(port)],
+        cwd=ROOT,
+        env=python_env(),
+        capture_output=True,
+        text=True,
+    )
     assert "kept the objects of port" in result.stdout  # a live server is never touched
     server.proc.kill()
     server.proc.wait()
-    result = subprocess.run([sys.executable, "-m", "shm", "cleanup"],
-                            cwd=ROOT, env=python_env(), capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "shm", "cleanup"], cwd=ROOT, env=python_env(), capture_output=True, text=True
+    )
     assert result.returncode == 0
     assert result.stdout.count("removed") == 5
     assert not [o for o in sysv_objects() if ((o[1] >> 4) & 0xFFFF) == port and (o[1] >> 20) == 0x5C4]

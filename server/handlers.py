@@ -138,7 +138,10 @@ def handle_makegroup(caller: Caller, request: MakeGroup, ipc: ServerIpc) -> Outc
     group = created.group
     online = _online(ipc)
     out = Outcome()
-    skipped = "".join(f"; not added: {cid} ({why})" for cid, why in created.skipped.items())
+    verb = "invited" if request.invite_only else "added"
+    skipped = "".join(f"; not {verb}: {cid} ({why})" for cid, why in created.skipped.items())
+    if created.duplicates:
+        skipped += f"; named more than once, {verb} once: {', '.join(map(str, created.duplicates))}"
     if request.invite_only:
         out.replies.append(
             replies.ok(
@@ -146,8 +149,9 @@ def handle_makegroup(caller: Caller, request: MakeGroup, ipc: ServerIpc) -> Outc
             )
         )
         invite = replies.notice(
-            f"client {caller.client_id} invites you to group {group.group_id}; "
-            f"answer /joingroup {group.group_id} or /declinegroup {group.group_id}"
+            f"client {caller.client_id} invites you to group {group.group_id} (its admin is "
+            f"{caller.client_id}); to answer, type /joingroup {group.group_id} to join "
+            f"or /declinegroup {group.group_id} to decline"
         )
         out.deliveries += notices((online[i] for i in group.invited if i in online), invite)
     else:
@@ -284,12 +288,24 @@ def departure_notices(left_id: int, how: str, changes: list[GroupChange], ipc: S
     online = _online(ipc)
     out = notices(online.values(), replies.left(left_id, how))
     for change in changes:
-        if change.dissolved:
-            continue
         group = change.group
+        gid = group.group_id
+        if change.dissolved:
+            # Invitees and requesters would otherwise learn it only from a failed /joingroup.
+            waiting = [online[i] for i in group.invited + group.requests if i in online]
+            gone = replies.notice(f"group {gid} was dissolved: its last member, client {left_id}, left")
+            out += notices(waiting, gone)
+            continue
         members = _members_except(group, online)
-        text = f"client {left_id} left group {group.group_id}"
+        text = f"client {left_id} left group {gid}"
         if change.new_admin is not None:
             text += f"; client {change.new_admin} is now its admin"
         out += notices(members, replies.notice(text))
+        if change.new_admin is not None and group.requests and change.new_admin in online:
+            asking = ", ".join(map(str, group.requests))
+            inherited = replies.notice(
+                f"you are now the admin of group {gid}; waiting for your answer: {asking} "
+                f"(/approve {gid} <id> or /deny {gid} <id>)"
+            )
+            out += notices([online[change.new_admin]], inherited)
     return out

@@ -89,6 +89,7 @@ class GroupError(Exception):
 class GroupCreated:
     group: GroupInfo
     skipped: dict[int, str]  # requested id -> why it was not added or invited
+    duplicates: list[int] = field(default_factory=list)  # ids named more than once, counted once
 
 
 @dataclass
@@ -158,9 +159,10 @@ class Directory:
         )
 
     def _write_client(self, info: ClientInfo) -> None:
-        CLIENT_RECORD.pack_into(
-            self._clients_view,
-            SEGMENT_HEADER_SIZE + info.slot * CLIENT_RECORD_SIZE,
+        # pack, then one copy: pack_into zero-fills the record before writing its
+        # fields, so a worker killed inside it would leave a zeroed row behind.
+        offset = SEGMENT_HEADER_SIZE + info.slot * CLIENT_RECORD_SIZE
+        self._clients_view[offset : offset + CLIENT_RECORD_SIZE] = CLIENT_RECORD.pack(
             int(info.state),
             info.client_id,
             info.pid,
@@ -187,9 +189,8 @@ class Directory:
         return GroupInfo(slot, gid, admin, created, members, invited, requests)
 
     def _write_group(self, group: GroupInfo) -> None:
-        GROUP_RECORD.pack_into(
-            self._groups_view,
-            SEGMENT_HEADER_SIZE + group.slot * GROUP_RECORD_SIZE,
+        offset = SEGMENT_HEADER_SIZE + group.slot * GROUP_RECORD_SIZE  # one copy, as in _write_client
+        self._groups_view[offset : offset + GROUP_RECORD_SIZE] = GROUP_RECORD.pack(
             1,
             len(group.members),
             len(group.invited),
@@ -230,6 +231,14 @@ class Directory:
             if group.group_id == group_id:
                 return group
         return None
+
+    def _no_such_group(self, group_id: int) -> GroupError:
+        """The error for a group id that names no group (caller holds the lock)."""
+        if group_id in self._online_by_id():
+            return GroupError(
+                f"group {group_id} does not exist; {group_id} is a client (/send {group_id} <message>)"
+            )
+        return GroupError(f"group {group_id} does not exist")
 
     # -- clients -------------------------------------------------------------
 
@@ -311,17 +320,20 @@ class Directory:
 
         With ``invite_only`` false (``/makegroup``) the online requested ids
         join at once; with it true (``/makegroupreq``) they are invited.
-        Duplicates are collapsed; the caller's own id, unknown and offline ids
+        Duplicates are collapsed and reported; the caller's own id, unknown and offline ids
         are skipped and reported.  More members than the cap allows is refused
         outright, so no group is ever made with a surprising subset.
         """
         wanted: list[int] = []
         skipped: dict[int, str] = {}
+        duplicates: list[int] = []
         for cid in requested:
             if cid == admin_id:
                 skipped[cid] = "that is you; you are the admin"
             elif cid not in wanted:
                 wanted.append(cid)
+            elif cid not in duplicates:
+                duplicates.append(cid)
         limit = MAX_GROUP_MEMBERS - 1
         if len(wanted) > limit:
             raise GroupError(
@@ -350,12 +362,12 @@ class Directory:
                 invited=accepted if invite_only else [],
             )
             self._write_group(group)
-        return GroupCreated(group, skipped)
+        return GroupCreated(group, skipped, duplicates)
 
     def _member_group(self, group_id: int, client_id: int) -> GroupInfo:
         group = self._find_group(group_id)
         if group is None:
-            raise GroupError(f"group {group_id} does not exist")
+            raise self._no_such_group(group_id)
         if client_id not in group.members:
             raise GroupError(f"you are not a member of group {group_id}")
         return group
@@ -365,7 +377,7 @@ class Directory:
         with self.lock.held():
             group = self._find_group(group_id)
             if group is None:
-                raise GroupError(f"group {group_id} does not exist")
+                raise self._no_such_group(group_id)
             if client_id in group.members:
                 return JoinOutcome(group, joined=True, already=True)
             if client_id in group.invited:
@@ -388,7 +400,7 @@ class Directory:
         with self.lock.held():
             group = self._find_group(group_id)
             if group is None:
-                raise GroupError(f"group {group_id} does not exist")
+                raise self._no_such_group(group_id)
             if group.admin_id != admin_id:
                 raise GroupError(f"only the admin of group {group_id} ({group.admin_id}) can answer requests")
             if requester not in group.requests:
@@ -408,7 +420,7 @@ class Directory:
         with self.lock.held():
             group = self._find_group(group_id)
             if group is None:
-                raise GroupError(f"group {group_id} does not exist")
+                raise self._no_such_group(group_id)
             if client_id not in group.invited:
                 raise GroupError(f"you have no invitation to group {group_id}")
             group.invited.remove(client_id)

@@ -128,6 +128,8 @@ class Directory:
         self.capacity = SEGMENT_HEADER.unpack_from(self._clients_view, 0)[2]
         self.group_capacity = SEGMENT_HEADER.unpack_from(self._groups_view, 0)[2]
         self._rng = random.SystemRandom()
+        self._cached_epoch = -1
+        self._cache: tuple[list[ClientInfo], dict[int, ClientInfo]] = ([], {})
 
     @staticmethod
     def format(
@@ -140,7 +142,9 @@ class Directory:
         """Write the headers of two freshly created (zero-filled) segments."""
         now = time.time()
         for segment, count in ((clients_segment, max_clients), (groups_segment, max_groups)):
-            header = SEGMENT_HEADER.pack(layout.SEGMENT_MAGIC, layout.LAYOUT_VERSION, count, server_pid, now)
+            header = SEGMENT_HEADER.pack(
+                layout.SEGMENT_MAGIC, layout.LAYOUT_VERSION, count, server_pid, now, 0
+            )
             segment.write(header, 0)
 
     def release(self) -> None:
@@ -262,6 +266,7 @@ class Directory:
                     received=0,
                 )
                 self._write_client(info)
+                self._bump_epoch()
                 return info
         return None
 
@@ -282,6 +287,7 @@ class Directory:
             if not info.online or info.generation != generation:
                 return None
             self._write_client(replace(info, state=SlotState.FREE, pid=0))
+            self._bump_epoch()
             changes = self._remove_from_groups(info.client_id)
         return info, changes
 
@@ -293,24 +299,52 @@ class Directory:
                 self._write_client(replace(info, sent=info.sent + sent, received=info.received + received))
 
     def online(self) -> list[ClientInfo]:
-        """Every online client, in slot order."""
-        with self.lock.held():
-            return [c for c in self._all_clients() if c.online]
+        """Every online client, in slot order (from this process's cache)."""
+        return list(self._online_cache()[0])
+
+    def _online_cache(self) -> tuple[list[ClientInfo], dict[int, ClientInfo]]:
+        """The decoded client list, re-read only when the change counter moves.
+
+        Routing a message needs the receiver's slot and generation; decoding
+        every row under the lock for each message cost more than the rest of
+        the hop.  The counter is read without the lock: a change that lands
+        just after the read is seen by the next message, exactly as if this
+        one had been sent a moment earlier, and a stale entry can only make a
+        post find the mailbox GONE, which the sender is told.
+        """
+        epoch = layout.SEGMENT_EPOCH.unpack_from(self._clients_view, layout.SEGMENT_EPOCH_OFFSET)[0]
+        if epoch != self._cached_epoch:
+            with self.lock.held():
+                epoch = layout.SEGMENT_EPOCH.unpack_from(self._clients_view, layout.SEGMENT_EPOCH_OFFSET)[0]
+                clients = [c for c in self._all_clients() if c.online]
+            self._cache = (clients, {c.client_id: c for c in clients})
+            self._cached_epoch = epoch
+        return self._cache
+
+    def _bump_epoch(self) -> None:
+        """Tell every cache that the client list changed (caller holds the lock)."""
+        offset = layout.SEGMENT_EPOCH_OFFSET
+        epoch = layout.SEGMENT_EPOCH.unpack_from(self._clients_view, offset)[0]
+        self._clients_view[offset : offset + 4] = layout.SEGMENT_EPOCH.pack((epoch + 1) & 0xFFFFFFFF)
 
     def all_slots(self) -> list[ClientInfo]:
         with self.lock.held():
             return self._all_clients()
 
-    def find_client(self, client_id: int) -> ClientInfo | None:
+    def snapshot(self) -> tuple[list[ClientInfo], list[GroupInfo]]:
+        """Every client slot and every group, read under one hold (the inspector)."""
         with self.lock.held():
-            return self._online_by_id().get(client_id)
+            return self._all_clients(), self._all_groups()
+
+    def find_client(self, client_id: int) -> ClientInfo | None:
+        return self._online_cache()[1].get(client_id)
 
     def resolve(self, target_id: int) -> ClientInfo | GroupInfo | None:
         """Tell whether an id names an online client, a group, or nothing."""
+        client = self._online_cache()[1].get(target_id)
+        if client is not None:
+            return client
         with self.lock.held():
-            client = self._online_by_id().get(target_id)
-            if client is not None:
-                return client
             return self._find_group(target_id)
 
     # -- groups --------------------------------------------------------------

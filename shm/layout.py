@@ -97,10 +97,14 @@ DEFAULT_MAILBOX_BYTES = 256 * 1024
 # Segment header: the first bytes of every segment.
 # ---------------------------------------------------------------------------
 
-#: magic, layout version, record count, server pid, created at (epoch seconds).
-SEGMENT_HEADER = struct.Struct("<4sHHid")
-SEGMENT_HEADER_SIZE = 24  # padded so that records start 8-aligned
-assert SEGMENT_HEADER.size <= SEGMENT_HEADER_SIZE
+#: magic, layout version, record count, server pid, created at (epoch seconds),
+#: change counter (bumped under the lock whenever a client slot is claimed or
+#: released, so that workers can cache the client list until it moves).
+SEGMENT_HEADER = struct.Struct("<4sHHidI")
+SEGMENT_HEADER_SIZE = 24  # records start 8-aligned
+assert SEGMENT_HEADER.size == SEGMENT_HEADER_SIZE
+SEGMENT_EPOCH = struct.Struct("<I")
+SEGMENT_EPOCH_OFFSET = 20
 
 
 # ---------------------------------------------------------------------------
@@ -148,6 +152,20 @@ def groups_segment_size(max_groups: int) -> int:
 #: it full, open flag, then a bitmap of the slots waiting for room in it.
 MAILBOX_HEADER = struct.Struct(f"<QQQIIIB3x{MAX_CLIENTS_LIMIT // 8}s")
 MAILBOX_HEADER_SIZE = MAILBOX_HEADER.size  # 72
+#: The same fields by offset, for the hot path, which updates one field at a
+#: time: each field is then a single aligned store, and ``tail`` (for a post)
+#: and ``head`` (for a take) are written last, as the commit point, so a
+#: process killed halfway leaves the mailbox consistent.
+MAILBOX_HEAD_TAIL = struct.Struct("<QQ")  # at offset 0
+MAILBOX_TAIL_OFFSET = 8
+MAILBOX_DELIVERED_OFFSET = 16
+MAILBOX_GENERATION_OFFSET = 24
+MAILBOX_COUNT_OFFSET = 28
+MAILBOX_FULL_EVENTS_OFFSET = 32
+MAILBOX_OPEN_OFFSET = 36
+MAILBOX_WAITERS_OFFSET = 40
+MAILBOX_WAITERS_BYTES = MAX_CLIENTS_LIMIT // 8
+assert MAILBOX_WAITERS_OFFSET + MAILBOX_WAITERS_BYTES == MAILBOX_HEADER_SIZE
 
 
 class RecordKind(IntEnum):

@@ -25,6 +25,7 @@ Three rules make delivery dependable:
 
 from __future__ import annotations
 
+import struct
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -33,8 +34,10 @@ import sysv_ipc
 
 from shm import layout
 from shm.layout import (
+    MAILBOX_HEAD_TAIL,
     MAILBOX_HEADER,
     MAILBOX_HEADER_SIZE,
+    MAILBOX_TAIL_OFFSET,
     MAX_CLIENTS_LIMIT,
     RECORD_HEADER,
     RECORD_HEADER_SIZE,
@@ -76,6 +79,17 @@ class Posting:
 
 
 @dataclass(frozen=True)
+class PendingRecord:
+    """The header of a record still waiting in a mailbox (for the inspector)."""
+
+    kind: RecordKind
+    sender_id: int
+    group_id: int
+    size: int
+    posted_at: float
+
+
+@dataclass(frozen=True)
 class MailboxStats:
     """What the inspector shows about one mailbox."""
 
@@ -87,6 +101,13 @@ class MailboxStats:
     delivered: int
     full_events: int
     waiters: list[int]
+    pending: tuple[PendingRecord, ...] = ()  # the oldest few, when stats(peek=n) asked
+
+
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_NO_WAITERS = bytes(layout.MAILBOX_WAITERS_BYTES)
+_KINDS = {kind.value: kind for kind in RecordKind}
 
 
 def _bitmap_slots(bitmap: bytes) -> list[int]:
@@ -104,7 +125,7 @@ class MessageTable:
     def __init__(self, segment: sysv_ipc.SharedMemory, lock: BinaryLock) -> None:
         self._view = memoryview(segment)
         self.lock = lock
-        _magic, _version, self.capacity, _pid, _created = SEGMENT_HEADER.unpack_from(self._view, 0)
+        self.capacity = SEGMENT_HEADER.unpack_from(self._view, 0)[2]
         usable = len(self._view) - layout.SEGMENT_HEADER_SIZE
         self.mailbox_bytes = usable // max(self.capacity, 1) - MAILBOX_HEADER_SIZE
 
@@ -112,7 +133,7 @@ class MessageTable:
     def format(segment: sysv_ipc.SharedMemory, max_clients: int, server_pid: int) -> None:
         """Write the header of a freshly created (zero-filled) segment."""
         header = SEGMENT_HEADER.pack(
-            layout.SEGMENT_MAGIC, layout.LAYOUT_VERSION, max_clients, server_pid, time.time()
+            layout.SEGMENT_MAGIC, layout.LAYOUT_VERSION, max_clients, server_pid, time.time(), 0
         )
         segment.write(header, 0)
 
@@ -128,7 +149,11 @@ class MessageTable:
         return list(MAILBOX_HEADER.unpack_from(self._view, self._base(slot)))
 
     def _put_header(self, slot: int, header: list) -> None:
-        MAILBOX_HEADER.pack_into(self._view, self._base(slot), *header)
+        # Pack, then one copy.  pack_into zero-fills the header before writing its
+        # fields, so a worker killed inside it (SIGKILL) left another client's
+        # mailbox with generation 0 and closed: every later post was GONE.
+        base = self._base(slot)
+        self._view[base : base + MAILBOX_HEADER_SIZE] = MAILBOX_HEADER.pack(*header)
 
     # Header fields, by position in MAILBOX_HEADER.
     HEAD, TAIL, DELIVERED, GENERATION, COUNT, FULL_EVENTS, OPEN, WAITERS = range(8)
@@ -159,15 +184,18 @@ class MessageTable:
 
     def close(self, slot: int, generation: int) -> tuple[list[Record], list[int]]:
         """Close a departed client's mailbox; return its unread mail and its waiters."""
+        view = self._view
+        base = self._base(slot)
         with self.lock.held():
-            header = self._header(slot)
-            if header[self.GENERATION] != generation or not header[self.OPEN]:
+            gen = _U32.unpack_from(view, base + layout.MAILBOX_GENERATION_OFFSET)[0]
+            if gen != generation or not view[base + layout.MAILBOX_OPEN_OFFSET]:
                 return [], []
-            records = self._take_all(slot, header)
-            waiters = _bitmap_slots(header[self.WAITERS])
-            header[self.OPEN] = 0
-            header[self.WAITERS] = bytes(MAX_CLIENTS_LIMIT // 8)
-            self._put_header(slot, header)
+            view[base + layout.MAILBOX_OPEN_OFFSET] = 0  # from now on every post is GONE
+            head, tail = MAILBOX_HEAD_TAIL.unpack_from(view, base)
+            records = self._read_records(slot, head, tail)
+            view[base : base + 8] = _U64.pack(tail)
+            self._finish_take(base, len(records))
+            waiters = self._take_waiters(base)
         return records, waiters
 
     # -- posting (any worker, and the parent) ----------------------------------
@@ -177,48 +205,58 @@ class MessageTable:
         results = []
         now = time.time()
         full: set[int] = set()  # once a mailbox is full, later posts to it wait too (order)
+        packed: dict[int, bytes] = {}
         with self.lock.held():
             for posting in postings:
                 if posting.slot in full:
                     results.append(PostResult.FULL)
                     continue
-                result = self._post_one(posting, now)
+                result = self._post_one(posting, now, packed)
                 if result is PostResult.FULL:
                     full.add(posting.slot)
                 results.append(result)
         return results
 
-    def _post_one(self, posting: Posting, now: float) -> PostResult:
-        slot, record = posting.slot, posting.record
-        header = self._header(slot)
-        if not header[self.OPEN] or header[self.GENERATION] != posting.generation:
+    def _post_one(self, posting: Posting, now: float, packed: dict[int, bytes]) -> PostResult:
+        """Copy one record into a ring; ``tail`` is stored last, as the commit."""
+        view, slot, record = self._view, posting.slot, posting.record
+        base = self._base(slot)
+        if (
+            not view[base + layout.MAILBOX_OPEN_OFFSET]
+            or _U32.unpack_from(view, base + layout.MAILBOX_GENERATION_OFFSET)[0] != posting.generation
+        ):
             return PostResult.GONE
         size = record.size
         if size > self.mailbox_bytes:
             raise ValueError(f"record of {size} bytes cannot fit a {self.mailbox_bytes}-byte mailbox")
-        used = header[self.TAIL] - header[self.HEAD]
-        if used + size > self.mailbox_bytes:
-            header[self.FULL_EVENTS] += 1
-            if 0 <= record.sender_slot < MAX_CLIENTS_LIMIT:
-                waiters = bytearray(header[self.WAITERS])
-                waiters[record.sender_slot // 8] |= 1 << (record.sender_slot % 8)
-                header[self.WAITERS] = bytes(waiters)
-            self._put_header(slot, header)
+        head, tail = MAILBOX_HEAD_TAIL.unpack_from(view, base)
+        if tail - head + size > self.mailbox_bytes:
+            self._add_u32(base + layout.MAILBOX_FULL_EVENTS_OFFSET, 1)
+            sender = record.sender_slot
+            if 0 <= sender < MAX_CLIENTS_LIMIT:
+                bit = base + layout.MAILBOX_WAITERS_OFFSET + sender // 8
+                view[bit] |= 1 << (sender % 8)
             return PostResult.FULL
-        head = RECORD_HEADER.pack(
-            size,
-            int(record.kind),
-            0,
-            record.sender_slot & 0xFFFF,
-            record.sender_id,
-            record.group_id,
-            record.posted_at or now,
-        )
-        self._ring_write(slot, header[self.TAIL], head + record.payload)
-        header[self.TAIL] += size
-        header[self.COUNT] += 1
-        self._put_header(slot, header)
+        data = packed.get(id(record))
+        if data is None:  # a broadcast packs its record once for every receiver
+            head_bytes = RECORD_HEADER.pack(
+                size,
+                int(record.kind),
+                0,
+                record.sender_slot & 0xFFFF,
+                record.sender_id,
+                record.group_id,
+                record.posted_at or now,
+            )
+            data = packed[id(record)] = head_bytes + record.payload
+        self._ring_write(slot, tail, data)
+        view[base + MAILBOX_TAIL_OFFSET : base + MAILBOX_TAIL_OFFSET + 8] = _U64.pack(tail + size)
+        self._add_u32(base + layout.MAILBOX_COUNT_OFFSET, 1)
         return PostResult.DELIVERED
+
+    def _add_u32(self, offset: int, amount: int) -> None:
+        value = _U32.unpack_from(self._view, offset)[0]
+        self._view[offset : offset + 4] = _U32.pack((value + amount) & 0xFFFFFFFF)
 
     # -- taking mail (the owning worker) ---------------------------------------
 
@@ -228,37 +266,59 @@ class MessageTable:
         Returns the records in posting order and the slots that were waiting
         for room (their doorbells should be rung now that there is some).
         """
+        view = self._view
+        base = self._base(slot)
         with self.lock.held():
-            header = self._header(slot)
-            if header[self.GENERATION] != generation or header[self.COUNT] == 0:
+            if _U32.unpack_from(view, base + layout.MAILBOX_GENERATION_OFFSET)[0] != generation:
                 return [], []
-            records = self._take_all(slot, header)
-            waiters = _bitmap_slots(header[self.WAITERS])
-            header[self.WAITERS] = bytes(MAX_CLIENTS_LIMIT // 8)
-            self._put_header(slot, header)
+            head, tail = MAILBOX_HEAD_TAIL.unpack_from(view, base)
+            if head == tail:
+                return [], []
+            records = self._read_records(slot, head, tail)
+            view[base : base + 8] = _U64.pack(tail)  # the commit: the bytes are free again
+            self._finish_take(base, len(records))
+            waiters = self._take_waiters(base)
         return records, waiters
 
-    def _take_all(self, slot: int, header: list) -> list[Record]:
+    def _finish_take(self, base: int, count: int) -> None:
+        view = self._view
+        delivered = _U64.unpack_from(view, base + layout.MAILBOX_DELIVERED_OFFSET)[0] + count
+        view[base + layout.MAILBOX_DELIVERED_OFFSET : base + layout.MAILBOX_DELIVERED_OFFSET + 8] = _U64.pack(
+            delivered
+        )
+        view[base + layout.MAILBOX_COUNT_OFFSET : base + layout.MAILBOX_COUNT_OFFSET + 4] = _U32.pack(0)
+
+    def _take_waiters(self, base: int) -> list[int]:
+        start = base + layout.MAILBOX_WAITERS_OFFSET
+        bitmap = bytes(self._view[start : start + layout.MAILBOX_WAITERS_BYTES])
+        if bitmap == _NO_WAITERS:
+            return []
+        self._view[start : start + layout.MAILBOX_WAITERS_BYTES] = _NO_WAITERS
+        return _bitmap_slots(bitmap)
+
+    def _read_records(self, slot: int, head: int, tail: int) -> list[Record]:
         records = []
-        position = header[self.HEAD]
-        while position < header[self.TAIL]:
+        position = head
+        while position < tail:
             raw_header = self._ring_read(slot, position, RECORD_HEADER_SIZE)
             size, kind, _flags, sender_slot, sender_id, group_id, posted_at = RECORD_HEADER.unpack(raw_header)
             payload = self._ring_read(slot, position + RECORD_HEADER_SIZE, size - RECORD_HEADER_SIZE)
             sender = sender_slot if sender_slot != 0xFFFF else -1
-            records.append(Record(RecordKind(kind), sender, sender_id, group_id, payload, posted_at))
+            records.append(Record(_KINDS[kind], sender, sender_id, group_id, payload, posted_at))
             position += size
-        header[self.HEAD] = position
-        header[self.DELIVERED] += header[self.COUNT]
-        header[self.COUNT] = 0
         return records
 
     # -- inspection --------------------------------------------------------------
 
-    def stats(self) -> list[MailboxStats]:
-        """A consistent snapshot of every mailbox header (one lock hold)."""
+    def stats(self, peek: int = 0) -> list[MailboxStats]:
+        """A consistent snapshot of every mailbox header (one lock hold).
+
+        With ``peek``, also the headers of up to that many pending records per
+        mailbox, oldest first.  Nothing is taken or changed.
+        """
         with self.lock.held():
             headers = [self._header(slot) for slot in range(self.capacity)]
+            pending = [self._peek(slot, h, peek) for slot, h in enumerate(headers)]
         return [
             MailboxStats(
                 slot=slot,
@@ -269,6 +329,20 @@ class MessageTable:
                 delivered=h[self.DELIVERED],
                 full_events=h[self.FULL_EVENTS],
                 waiters=_bitmap_slots(h[self.WAITERS]),
+                pending=pending[slot],
             )
             for slot, h in enumerate(headers)
         ]
+
+    def _peek(self, slot: int, header: list, limit: int) -> tuple[PendingRecord, ...]:
+        """Headers of the first ``limit`` pending records (caller holds the lock)."""
+        found = []
+        position = header[self.HEAD]
+        while position < header[self.TAIL] and len(found) < limit:
+            raw = self._ring_read(slot, position, RECORD_HEADER_SIZE)
+            size, kind, _flags, _slot, sender_id, group_id, posted_at = RECORD_HEADER.unpack(raw)
+            if size < RECORD_HEADER_SIZE:  # never written that way; stop rather than loop
+                break
+            found.append(PendingRecord(RecordKind(kind), sender_id, group_id, size, posted_at))
+            position += size
+        return tuple(found)

@@ -15,6 +15,8 @@ segments quickly drop to zero attachments.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import os
 from dataclasses import dataclass
@@ -97,7 +99,7 @@ def _server_pid(entry: IpcEntry) -> int:
         raw = segment.read(layout.SEGMENT_HEADER.size, 0)
     finally:
         segment.detach()
-    magic, _version, _count, pid, _created = layout.SEGMENT_HEADER.unpack(raw)
+    magic, _version, _count, pid, _created, _epoch = layout.SEGMENT_HEADER.unpack(raw)
     return pid if magic == layout.SEGMENT_MAGIC else 0
 
 
@@ -128,6 +130,25 @@ def remove_stale(port: int | None = None) -> list[IpcEntry]:
             continue  # someone else removed it first
         removed.append(entry)
     return removed
+
+
+def create_segment(key: int, size: int, mode: int = 0o600) -> sysv_ipc.SharedMemory:
+    """Create a zero-filled segment without touching its pages.
+
+    ``sysv_ipc.SharedMemory`` fills a new segment byte by byte with its
+    ``init_character``, which makes every page resident in the creator at
+    once (64 MiB of mailboxes at 256 clients).  The kernel already hands out
+    new segments zero-filled, page by page as they are first used, so the
+    segment is created with ``shmget`` directly and then attached.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.shmget.argtypes = (ctypes.c_int, ctypes.c_size_t, ctypes.c_int)
+    if libc.shmget(key, size, sysv_ipc.IPC_CREX | mode) < 0:
+        code = ctypes.get_errno()
+        if code == errno.EEXIST:
+            raise sysv_ipc.ExistentialError(f"a segment with key 0x{key:08x} already exists")
+        raise OSError(code, f"shmget(0x{key:08x}, {size}): {os.strerror(code)}")
+    return sysv_ipc.SharedMemory(key)
 
 
 class ServerIpc:
@@ -190,13 +211,7 @@ class ServerIpc:
         locks: dict[IpcObject, BinaryLock] = {}
         try:
             for obj, size in sizes.items():
-                segments[obj] = sysv_ipc.SharedMemory(
-                    layout.ipc_key(port, obj),
-                    sysv_ipc.IPC_CREX,
-                    mode=0o600,
-                    size=size,
-                    init_character=b"\0",
-                )
+                segments[obj] = create_segment(layout.ipc_key(port, obj), size)
             for obj in layout.SEMAPHORES:
                 locks[obj] = BinaryLock.create_available(layout.ipc_key(port, obj))
         except BaseException:

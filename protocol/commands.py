@@ -18,9 +18,11 @@ from dataclasses import dataclass
 ID_MIN = 10000
 ID_MAX = 99999
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-TRANSFER_ID = re.compile(r"\d{5}-\d{1,9}")
+TRANSFER_ID = re.compile(r"[0-9]{5}-[0-9]{1,9}")
 #: Largest data frame a client may announce; a worker buffers at most this.
 MAX_DATA_FRAME = 1024 * 1024
+#: Digits of a byte count worth converting (int() refuses over 4300 digits).
+MAX_COUNT_DIGITS = 20
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,7 @@ def parse_id(token: str, what: str, command: str) -> int:
 
 def _split_text(rest: str, command: str) -> tuple[str, str]:
     """Split ``<id> <message>``; the message keeps every space after the first."""
-    match = re.match(r"(\S+)[ \t](.*)\Z", rest, re.DOTALL)
+    match = re.match(r"[ \t]*(\S+)[ \t](.*)\Z", rest, re.DOTALL)  # "/send  12345 hi" too
     if match is None or not match.group(2).strip():
         raise CommandError(f"{command}: a message is missing; {_usage(command)}")
     return match.group(1), match.group(2)
@@ -211,6 +213,8 @@ def parse(line: str) -> Request:
     """Parse one line typed by a client into a request, or raise CommandError."""
     match = re.match(r"\s*(\S+)(?:[ \t](.*))?\Z", line.rstrip("\r\n"), re.DOTALL)
     if match is None:
+        if line.strip():  # words run together by another kind of space (tab is fine)
+            raise CommandError("separate the command and its arguments with spaces; type /help")
         raise CommandError("empty line; type /help for the list of commands")
     word = match.group(1)
     name = word.lower()
@@ -228,7 +232,8 @@ def parse(line: str) -> Request:
         if topic is not None:
             key = topic.lower() if topic.startswith("/") or topic.lower() == "exit" else "/" + topic.lower()
             if key not in BY_NAME:
-                raise CommandError(f"/help: unknown command {topic!r}; type /help for the list")
+                shown = topic if len(topic) <= 30 else topic[:30] + "..."
+                raise CommandError(f"/help: unknown command {shown!r}; type /help for the list")
             topic = BY_NAME[key].name
         return Help(topic)
     if name == "/active":
@@ -273,9 +278,14 @@ def parse(line: str) -> Request:
     raise CommandError(f"unknown command {shown!r}; type /help for the list of commands")
 
 
+def _is_count(token: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts "²", which int() refuses."""
+    return token.isascii() and token.isdigit()
+
+
 def _parse_sendfile(rest: str) -> SendFile:
     parts = rest.split(" ", 3)
-    if len(parts) != 4 or not parts[1].isdigit() or not SHA256_HEX.fullmatch(parts[2]):
+    if len(parts) != 4 or not _is_count(parts[1]) or not SHA256_HEX.fullmatch(parts[2]):
         raise CommandError(
             "/sendfile: use the shmchat client, which uploads the file for you "
             f"(usage: {BY_NAME['/sendfile'].usage}); on the wire it is {SENDFILE_WIRE_USAGE}"
@@ -284,16 +294,19 @@ def _parse_sendfile(rest: str) -> SendFile:
     name = parts[3]
     if not name.strip():
         raise CommandError("/sendfile: the file name is missing")
+    if len(parts[1]) > MAX_COUNT_DIGITS:
+        raise CommandError(f"/sendfile: a size of {len(parts[1])} digits is over any limit")
     return SendFile(target, int(parts[1]), parts[2], name)
 
 
 def _parse_data(rest: str) -> DataFrame:
     parts = rest.split()
-    if len(parts) != 2 or not TRANSFER_ID.fullmatch(parts[0]) or not parts[1].isdigit():
+    if len(parts) != 2 or not TRANSFER_ID.fullmatch(parts[0]) or not _is_count(parts[1]):
         raise CommandError("/data: malformed data frame; usage: /data <transfer id> <byte count>")
-    size = int(parts[1])
+    size = int(parts[1]) if len(parts[1]) <= MAX_COUNT_DIGITS else MAX_DATA_FRAME + 1
     if size > MAX_DATA_FRAME:
-        raise CommandError(f"/data: frame of {size} bytes is over the {MAX_DATA_FRAME}-byte limit")
+        shown = parts[1] if len(parts[1]) <= MAX_COUNT_DIGITS else parts[1][:MAX_COUNT_DIGITS] + "..."
+        raise CommandError(f"/data: frame of {shown} bytes is over the {MAX_DATA_FRAME}-byte limit")
     return DataFrame(parts[0], size)
 
 

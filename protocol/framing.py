@@ -87,6 +87,7 @@ class LineFramer:
         if size < 0:
             raise ValueError("raw size must not be negative")
         self._raw_left = size
+        self._scanned = 0  # raw bytes leave from the front: rescan what stays behind
 
     def cancel_raw(self) -> None:
         """Leave raw mode; what was already buffered is treated as lines again."""

@@ -99,7 +99,9 @@ class Upload:
     def write(self, chunk: bytes) -> None:
         if self.received + len(chunk) > self.size:
             raise ValueError(f"more bytes than the {self.size} announced")
-        os.write(self._fd, chunk)  # a regular file: writes are complete
+        view = memoryview(chunk)
+        while view:  # a full disk can cut a write short: never hash bytes not written
+            view = view[os.write(self._fd, view) :]
         self._hash.update(chunk)
         self.received += len(chunk)
 
@@ -181,5 +183,7 @@ def encode_file_result(transfer: str, name: str, receiver: int, error: str | Non
 
 
 def decode_file_result(payload: bytes) -> tuple[str, str, int, str | None]:
-    transfer, name, receiver, error = payload.decode("utf-8").split("\0", 3)
+    # The name comes from the client and may itself hold NUL: split around it.
+    transfer, rest = payload.decode("utf-8").split("\0", 1)
+    name, receiver, error = rest.rsplit("\0", 2)
     return transfer, name, int(receiver), error or None

@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 RECV_BYTES = 256 * 1024
 #: Below this much unsent output, the next file chunk is read from the spool.
 STREAM_LOW_WATER = 128 * 1024
+#: Uploads one client may have in progress at once (each holds a spool file open).
+MAX_OPEN_UPLOADS = 8
 PR_SET_PDEATHSIG = 1
 
 
@@ -110,6 +112,11 @@ class Worker:
         self.sent = self.received = 0
         self.uploads: dict[str, Upload] = {}
         self.frame_upload: Upload | None = None  # the upload the current raw run belongs to
+        # Bytes of the current data frame still in the socket: read straight into
+        # the upload (no framer copy) by read_socket.  See start_frame.
+        self.frame_direct = 0
+        self._recv_buffer = bytearray(RECV_BYTES)  # reused: no allocation per read
+        self._recv_view = memoryview(self._recv_buffer)
         self.downloads: deque[Download] = deque()
         self._transfer_numbers = count(1)
         self.selector = selectors.DefaultSelector()
@@ -165,18 +172,27 @@ class Worker:
     # -- socket input --------------------------------------------------------------
 
     def read_socket(self) -> None:
+        # Inside a data frame, read no further than its end: those bytes are all file.
+        want = min(self.frame_direct, RECV_BYTES) if self.frame_direct else RECV_BYTES
         try:
-            data = self.sock.recv(RECV_BYTES)
+            size = self.sock.recv_into(self._recv_buffer, want)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             log.info("client %d: connection error: %s", self.caller.client_id, exc)
             self.exit = WorkerExit.CONNECTION_LOST
             return
-        if not data:
+        if not size:
             self.exit = WorkerExit.CONNECTION_LOST
             return
-        self.framer.feed(data)
+        if self.frame_direct:
+            self.frame_direct -= size
+            self.upload_chunk(self._recv_view[:size])
+            if not self.frame_direct:
+                self.frame_upload = None
+            self.flush_pending()
+            return
+        self.framer.feed(self._recv_view[:size])
         self.process_input()
 
     def process_input(self) -> None:
@@ -196,7 +212,8 @@ class Worker:
             elif isinstance(event, Data):
                 self.upload_chunk(event.chunk)
             elif isinstance(event, DataEnd):
-                self.frame_upload = None
+                if not self.frame_direct:  # else the frame goes on, straight from the socket
+                    self.frame_upload = None
             self.flush_pending_if_large()
         self.flush_pending()
 
@@ -204,6 +221,13 @@ class Worker:
         try:
             request = commands.parse(line)
         except CommandError as exc:
+            if line.split(maxsplit=1)[:1] and line.split(maxsplit=1)[0].lower() == "/data":
+                # Raw bytes of unknown length follow a bad frame header: they would
+                # be read as commands.  The stream cannot be followed any more.
+                log.info("client %d: bad data frame header; closing", self.caller.client_id)
+                self.say(replies.bye(f"{exc}; the byte stream cannot be followed, closing the connection"))
+                self.exit = WorkerExit.PROTOCOL_ERROR
+                return
             self.say(replies.error(str(exc)))
             return
         if isinstance(request, SendFile):
@@ -287,10 +311,11 @@ class Worker:
             )
         elif kind is RecordKind.FILE_RESULT:
             transfer, name, receiver, error = decode_file_result(record.payload)
+            label = f"file {transfer} '{name}'" if name else f"file {transfer}"  # the parent may not know it
             if error is None:
-                self.say(replies.ok(f"file {transfer} '{name}' delivered to {receiver}"))
+                self.say(replies.ok(f"{label} delivered to {receiver}"))
             else:
-                self.say(replies.error(f"file {transfer} '{name}' not delivered to {receiver}: {error}"))
+                self.say(replies.error(f"{label} not delivered to {receiver}: {error}"))
         elif kind is RecordKind.SHUTDOWN:
             self.say(replies.shutting_down())
             self.exit = WorkerExit.SHUTDOWN
@@ -305,15 +330,20 @@ class Worker:
             return
         transfer = f"{self.caller.client_id}-{next(self._transfer_numbers)}"
         group_id = refusal.group_id if isinstance(refusal, GroupInfo) else 0
-        upload = Upload(
-            transfer,
-            request.target,
-            group_id,
-            request.size,
-            request.sha256,
-            name,
-            self.spool.upload_path(self.caller.slot, self.caller.generation, transfer),
-        )
+        try:
+            upload = Upload(
+                transfer,
+                request.target,
+                group_id,
+                request.size,
+                request.sha256,
+                name,
+                self.spool.upload_path(self.caller.slot, self.caller.generation, transfer),
+            )
+        except OSError as exc:
+            log.warning("client %d: cannot spool an upload: %s", self.caller.client_id, exc)
+            self.say(replies.upload_refused(name, f"the server cannot store it now ({exc.strerror or exc})"))
+            return
         self.uploads[transfer] = upload
         self.say(replies.upload_ready(transfer, request.size, name))
         if upload.complete:  # a 0-byte file has no data frames
@@ -321,6 +351,8 @@ class Worker:
 
     def check_upload(self, request: SendFile) -> str | ClientInfo | GroupInfo:
         """The receiver of a proposed upload, or why it is refused."""
+        if len(self.uploads) >= MAX_OPEN_UPLOADS:
+            return f"{MAX_OPEN_UPLOADS} uploads are already in progress; send this one when one is done"
         if request.size > self.config.max_file_size:
             return f"{request.size} bytes is over the server's limit of {self.config.max_file_size} bytes"
         if request.target == self.caller.client_id:
@@ -337,7 +369,11 @@ class Worker:
 
     def start_frame(self, frame: DataFrame) -> None:
         upload = self.uploads.get(frame.transfer)
-        self.framer.expect_raw(frame.size)
+        # What the framer already holds goes through it; the rest of the frame is
+        # read from the socket straight into the upload (read_socket).
+        buffered = min(frame.size, self.framer.buffered)
+        self.framer.expect_raw(buffered)
+        self.frame_direct = frame.size - buffered
         if upload is None:
             self.frame_upload = None  # the bytes are skipped
             self.say(
@@ -506,8 +542,10 @@ class Worker:
         self.flush_pending()
         for upload in list(self.uploads.values()):
             upload.discard()
-        for download in self.downloads:
-            download.close()  # the parent reports undelivered files to their senders
+        # Tell each sender its file did not arrive (closing removes the link the
+        # parent would otherwise have found; it reports only for dead workers).
+        while self.downloads:
+            self.end_download(self.downloads[0], "it went offline")
         self.count_traffic()
         if self.exit is not WorkerExit.TOO_SLOW and self.out:
             try:

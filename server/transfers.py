@@ -24,8 +24,8 @@ import re
 import shutil
 from dataclasses import dataclass
 
-#: Bytes per data frame, in both directions.
-CHUNK_BYTES = 64 * 1024
+#: Bytes per data frame sent to a receiver (the client accepts up to 1 MiB).
+CHUNK_BYTES = 256 * 1024
 #: Largest data frame a peer may announce (bounds a worker's memory).
 MAX_FRAME_BYTES = 1024 * 1024
 

@@ -27,10 +27,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
+import mmap
 import os
 import selectors
 import signal
 import socket
+import time
 from collections import deque
 from enum import IntEnum
 from itertools import count
@@ -59,6 +61,8 @@ from shm.segments import ServerIpc
 log = logging.getLogger(__name__)
 
 RECV_BYTES = 256 * 1024
+#: Seconds between updates of the slot's message counters in the client table.
+COUNT_INTERVAL = 1.0
 #: Below this much unsent output, the next file chunk is read from the spool.
 STREAM_LOW_WATER = 128 * 1024
 #: Uploads one client may have in progress at once (each holds a spool file open).
@@ -115,11 +119,15 @@ class Worker:
         # Bytes of the current data frame still in the socket: read straight into
         # the upload (no framer copy) by read_socket.  See start_frame.
         self.frame_direct = 0
-        self._recv_buffer = bytearray(RECV_BYTES)  # reused: no allocation per read
+        # Reused for every read.  An anonymous mapping, not a bytearray: its pages
+        # stay untouched (not resident) until a read that large actually comes.
+        self._recv_buffer = mmap.mmap(-1, RECV_BYTES)
         self._recv_view = memoryview(self._recv_buffer)
         self.downloads: deque[Download] = deque()
         self._transfer_numbers = count(1)
         self.selector = selectors.DefaultSelector()
+        self._interest = selectors.EVENT_READ  # what the socket is registered for
+        self._counted_at = 0.0
 
     # -- the loop ----------------------------------------------------------------
 
@@ -144,7 +152,7 @@ class Worker:
                         self.write_some()
                     if mask & selectors.EVENT_READ and self.exit is None:
                         self.read_socket()
-            self.stream_files()
+            self.pump_output()
             self.check_backlog()
             self.count_traffic()
         self.finish()
@@ -157,6 +165,9 @@ class Worker:
             events |= selectors.EVENT_READ
         if self.out:
             events |= selectors.EVENT_WRITE
+        if events == self._interest:
+            return  # unchanged: no epoll_ctl call
+        self._interest = events
         if events == 0:
             # Nothing to read or write: wait for the doorbell only.
             try:
@@ -455,10 +466,39 @@ class Worker:
 
     # -- downloads (this client receives a file) ----------------------------------------
 
+    def pump_output(self) -> None:
+        """Write what is queued now, and keep file streams moving while the socket takes it.
+
+        Writing at once, instead of waiting for EPOLLOUT, saves a loop and two
+        epoll_ctl calls per message.  After a bounded number of chunks the rest
+        is left queued, so that EPOLLOUT brings the loop back and the doorbell
+        and the client's commands get their turn during a long download.
+        """
+        for _ in range(16):
+            self.stream_files()
+            if not self.out:
+                return
+            self.write_some()
+            if self.out or self.exit is not None:
+                return  # the socket is full: EPOLLOUT will bring the loop back
+        self.stream_files()
+
     def stream_files(self) -> None:
-        """Queue the next chunk of the current download when the output is low."""
-        while self.downloads and len(self.out) < STREAM_LOW_WATER and self.exit is None:
+        """Queue the next chunk of the current download when the output is low.
+
+        A download whose last byte is queued ends (its link closed, the sender
+        told) only once the output has gone out: closing the last link of a big
+        file frees its pages, long enough to hold up those last bytes.
+        """
+        while self.downloads and self.exit is None:
             download = self.downloads[0]
+            if download.started and download.complete:
+                if self.out:
+                    return
+                self.end_download(download, None)
+                continue
+            if len(self.out) >= STREAM_LOW_WATER:
+                return
             try:
                 if not download.started:
                     download.open()
@@ -472,9 +512,7 @@ class Worker:
                             download.name,
                         )
                     )
-                if download.complete:
-                    self.end_download(download, None)
-                    continue
+                    continue  # a 0-byte file is complete at once: it ends above
                 chunk = download.read_chunk()
             except OSError as exc:
                 if download.started:
@@ -483,8 +521,6 @@ class Worker:
                 continue
             self.out += encode_line(replies.data_frame(download.transfer, len(chunk)))
             self.out += chunk
-            if download.complete:
-                self.end_download(download, None)
 
     def end_download(self, download: Download, error: str | None) -> None:
         self.downloads.popleft()
@@ -532,27 +568,42 @@ class Worker:
             self.out.clear()
             self.exit = WorkerExit.TOO_SLOW
 
-    def count_traffic(self) -> None:
-        if self.sent or self.received:
-            self.ipc.directory.count_traffic(self.caller.slot, self.sent, self.received)
-            self.sent = self.received = 0
+    def count_traffic(self, force: bool = False) -> None:
+        """Add this worker's message counts to its row, at most once a second.
+
+        The counters are statistics for the inspector; taking the directory
+        lock for them after every message cost more than the message itself.
+        """
+        if not (self.sent or self.received):
+            return
+        now = time.monotonic()
+        if not force and now - self._counted_at < COUNT_INTERVAL:
+            return
+        self._counted_at = now
+        self.ipc.directory.count_traffic(self.caller.slot, self.sent, self.received)
+        self.sent = self.received = 0
 
     def finish(self) -> None:
         """Say goodbye within a short time, release files, close the socket."""
         self.flush_pending()
         for upload in list(self.uploads.values()):
             upload.discard()
-        # Tell each sender its file did not arrive (closing removes the link the
-        # parent would otherwise have found; it reports only for dead workers).
-        while self.downloads:
-            self.end_download(self.downloads[0], "it went offline")
-        self.count_traffic()
+        flushed = not self.out
         if self.exit is not WorkerExit.TOO_SLOW and self.out:
             try:
                 self.sock.settimeout(1.0)
                 self.sock.sendall(self.out)
+                flushed = True
             except OSError:
                 pass
+        # Tell each sender whether its file arrived (closing removes the link the
+        # parent would otherwise have found; it reports only for dead workers).
+        # A file whose last bytes just went out above did arrive.
+        while self.downloads:
+            download = self.downloads[0]
+            done = flushed and download.started and download.complete
+            self.end_download(download, None if done else "it went offline")
+        self.count_traffic(force=True)
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:

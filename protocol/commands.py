@@ -19,6 +19,10 @@ ID_MIN = 10000
 ID_MAX = 99999
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 TRANSFER_ID = re.compile(r"[0-9]{5}-[0-9]{1,9}")
+#: A command word and the rest of the line, kept verbatim.
+_COMMAND_WORD = re.compile(r"\s*(\S+)(?:[ \t](.*))?\Z", re.DOTALL)
+#: An id and a message; blanks before the id are allowed ("/send  12345 hi").
+_ID_AND_TEXT = re.compile(r"[ \t]*(\S+)[ \t](.*)\Z", re.DOTALL)
 #: Largest data frame a client may announce; a worker buffers at most this.
 MAX_DATA_FRAME = 1024 * 1024
 #: Digits of a byte count worth converting (int() refuses over 4300 digits).
@@ -198,7 +202,7 @@ def parse_id(token: str, what: str, command: str) -> int:
 
 def _split_text(rest: str, command: str) -> tuple[str, str]:
     """Split ``<id> <message>``; the message keeps every space after the first."""
-    match = re.match(r"[ \t]*(\S+)[ \t](.*)\Z", rest, re.DOTALL)  # "/send  12345 hi" too
+    match = _ID_AND_TEXT.match(rest)
     if match is None or not match.group(2).strip():
         raise CommandError(f"{command}: a message is missing; {_usage(command)}")
     return match.group(1), match.group(2)
@@ -211,7 +215,7 @@ def _no_arguments(name: str, rest: str) -> None:
 
 def parse(line: str) -> Request:
     """Parse one line typed by a client into a request, or raise CommandError."""
-    match = re.match(r"\s*(\S+)(?:[ \t](.*))?\Z", line.rstrip("\r\n"), re.DOTALL)
+    match = _COMMAND_WORD.match(line.rstrip("\r\n"))
     if match is None:
         if line.strip():  # words run together by another kind of space (tab is fine)
             raise CommandError("separate the command and its arguments with spaces; type /help")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from protocol import commands, replies
 from protocol.commands import (
@@ -45,8 +46,7 @@ class Caller:
     client_id: int
 
 
-@dataclass(frozen=True)
-class Delivery:
+class Delivery(NamedTuple):
     """A record for one mailbox, and what to tell the caller if its owner has left."""
 
     posting: Posting

@@ -10,14 +10,17 @@ check out, so a half-received file never looks like a finished one.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import secrets
 import unicodedata
 from dataclasses import dataclass, field
 
 from protocol.replies import FileHeader
 
-CHUNK_BYTES = 64 * 1024
+#: Bytes per data frame the client sends (the server takes up to 1 MiB).
+CHUNK_BYTES = 256 * 1024
 MAX_NAME_BYTES = 200
 
 
@@ -29,7 +32,7 @@ def safe_name(raw: str) -> str:
     if not name:
         name = "file"
     encoded = name.encode("utf-8")[:MAX_NAME_BYTES]
-    return encoded.decode("utf-8", "ignore") or "file"
+    return encoded.decode("utf-8", "ignore").rstrip() or "file"  # a cut may end on a space
 
 
 def unique_path(folder: str, name: str) -> str:
@@ -43,14 +46,37 @@ def unique_path(folder: str, name: str) -> str:
     return candidate
 
 
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """os.write until every byte is written (a full disk can cut a write short)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _place(temp: str, final: str) -> None:
+    """Give the finished file its name, never replacing a file (FileExistsError)."""
+    try:
+        os.link(temp, final)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        # No hard links on this file system: claim the name, then rename over the claim.
+        os.close(os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+        os.replace(temp, final)
+
+
 def sha256_of(path: str) -> tuple[int, str]:
     """Size and SHA-256 of a file, read in chunks."""
     digest = hashlib.sha256()
     size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1024 * 1024):
-            digest.update(chunk)
-            size += len(chunk)
+    block = bytearray(CHUNK_BYTES)  # one buffer, reused: no allocation per read
+    view = memoryview(block)
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(block):
+            digest.update(view[:count])
+            size += count
     return size, digest.hexdigest()
 
 
@@ -67,14 +93,21 @@ class OutgoingFile:
     sent: int = 0
     handle: object = None
 
-    def next_chunk(self) -> bytes:
+    def read_into(self, buffer: memoryview) -> int:
+        """Read the next piece into ``buffer`` (reused: no allocation); return its size."""
         if self.handle is None:
-            self.handle = open(self.path, "rb")  # noqa: SIM115 - closed in close()
-        chunk = self.handle.read(min(CHUNK_BYTES, self.size - self.sent))
-        if not chunk and self.sent < self.size:
+            self.handle = open(self.path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+        want = min(len(buffer), self.size - self.sent)
+        count = self.handle.readinto(buffer[:want]) if want else 0
+        if not count and self.sent < self.size:
             raise OSError(f"{self.path} shrank while it was being sent")
-        self.sent += len(chunk)
-        return chunk
+        self.sent += count
+        return count
+
+    def next_chunk(self) -> bytes:
+        """The next piece as bytes, at most CHUNK_BYTES."""
+        buffer = bytearray(min(CHUNK_BYTES, self.size - self.sent))
+        return bytes(buffer[: self.read_into(memoryview(buffer))])
 
     @property
     def done(self) -> bool:
@@ -98,13 +131,25 @@ class IncomingFile:
     def __post_init__(self) -> None:
         os.makedirs(self.folder, exist_ok=True)
         self.name = safe_name(self.header.name)
-        self.temp_path = os.path.join(self.folder, f".{self.name}.{self.header.transfer}.part")
-        self._fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._fd = -1
+        # A fresh temporary name each time (O_EXCL, no symlink followed): a
+        # leftover or a planted file of the same name is never truncated.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        stem = self.name.encode("utf-8")[:100].decode("utf-8", "ignore")
+        for _attempt in range(100):
+            self.temp_path = os.path.join(self.folder, f".{stem}.{secrets.token_hex(4)}.part")
+            try:
+                self._fd = os.open(self.temp_path, flags, 0o644)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(errno.EEXIST, "no free temporary name", self.folder)
 
     def write(self, chunk: bytes) -> None:
         if self.received + len(chunk) > self.header.size:
             raise ValueError("the server sent more bytes than announced")
-        os.write(self._fd, chunk)
+        write_all(self._fd, chunk)
         self._hash.update(chunk)
         self.received += len(chunk)
 
@@ -123,10 +168,16 @@ class IncomingFile:
                 f"verification failed (got {self.received} of {self.header.size} bytes, "
                 f"sha256 {digest[:12]}...)"
             )
-        final = unique_path(self.folder, self.name)
-        os.link(self.temp_path, final)  # fails instead of overwriting a file made meanwhile
-        os.unlink(self.temp_path)
-        return final
+        try:
+            while True:
+                final = unique_path(self.folder, self.name)
+                try:
+                    _place(self.temp_path, final)
+                    return final
+                except FileExistsError:
+                    continue  # taken since unique_path looked: take the next suffix
+        finally:
+            self.discard()  # the temporary name goes, whether or not the file was placed
 
     def discard(self) -> None:
         if self._fd >= 0:

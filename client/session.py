@@ -20,12 +20,16 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from client.files import IncomingFile, OutgoingFile, sha256_of
+from client.files import CHUNK_BYTES, IncomingFile, OutgoingFile, safe_name, sha256_of
 from protocol import commands, replies
 from protocol.framing import NEED_DATA, BadLine, Data, DataEnd, Line, LineFramer, encode_line
 
 RECV_BYTES = 256 * 1024
+#: The read after a data frame: enough for the next frame's header line.
+FRAME_HEADER_READ = 64
 SEND_LOW_WATER = 256 * 1024
+#: Frames pump_uploads may send straight to the socket before the caller's loop turns.
+SEND_DIRECT_CHUNKS = 4
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,13 @@ class ClientSession:
         self.uploading: deque[OutgoingFile] = deque()
         self.downloads: dict[str, IncomingFile] = {}
         self.data_target: IncomingFile | None = None
+        # Bytes of the current data frame still in the socket: read straight into
+        # the download (no framer copy) by on_readable.  See on_data_frame.
+        self.frame_direct = 0
+        self.frame_ended = False  # a frame just ended: the next read is a small one
+        self._file_view: memoryview | None = None  # chunks of uploads are read into it
+        self._recv_buffer = bytearray(RECV_BYTES)  # reused: no allocation per read
+        self._recv_view = memoryview(self._recv_buffer)
         self.closed = False
         self.said_goodbye = False  # the server ended the session politely
         self.refused = False  # Connection Limit Exceeded !!
@@ -105,7 +116,9 @@ class ClientSession:
                 replies.error(f"/sendfile: cannot read {args[1]}: {exc.strerror or exc}; nothing was sent")
             )
             return
-        outgoing = OutgoingFile(target, path, os.path.basename(path) or "file", size, digest)
+        # Announce a clean name: one with only spaces, say, would be refused by the
+        # server's parser with a plain [error], and no [upload] answer would come.
+        outgoing = OutgoingFile(target, path, safe_name(os.path.basename(path)), size, digest)
         self.awaiting_ready.append(outgoing)
         self.out += encode_line(commands.format_sendfile(target, size, digest, outgoing.name))
 
@@ -116,14 +129,24 @@ class ClientSession:
 
     def wants_write(self) -> bool:
         self.pump_uploads()
-        return bool(self.out)
+        return bool(self.out or self.uploading)  # an upload goes on as soon as the socket takes more
 
     def pump_uploads(self) -> None:
-        """Queue data frames while the output buffer is low."""
-        while self.uploading and len(self.out) < SEND_LOW_WATER:
+        """Send data frames while the output buffer is low (see send_frame).
+
+        After a few frames straight to the socket it returns, so that the
+        caller's loop gets back to the keyboard and the socket's input; it
+        comes straight back, as ``wants_write`` stays true while uploading.
+        """
+        direct = SEND_DIRECT_CHUNKS
+        while self.uploading and len(self.out) < SEND_LOW_WATER and not self.closed:
+            if direct <= 0 and not self.out:
+                return
             outgoing = self.uploading[0]
+            if self._file_view is None:
+                self._file_view = memoryview(bytearray(CHUNK_BYTES))
             try:
-                chunk = outgoing.next_chunk()
+                size = outgoing.read_into(self._file_view)
             except OSError as exc:
                 # The header promised bytes we cannot produce; the stream is
                 # unrecoverable, so say why and end the session.
@@ -132,12 +155,34 @@ class ClientSession:
                 outgoing.close()
                 self.close()
                 return
-            self.out += encode_line(commands.format_data(outgoing.transfer, len(chunk)))
-            self.out += chunk
+            header = encode_line(commands.format_data(outgoing.transfer, size))
+            direct -= 1
+            self.send_frame(header, self._file_view[:size])
             self.progress(Progress("up", outgoing.name, outgoing.sent, outgoing.size))
             if outgoing.done:
                 outgoing.close()
                 self.uploading.popleft()
+
+    def send_frame(self, header: bytes, body: memoryview) -> None:
+        """One data frame: straight to the socket if nothing is queued before it.
+
+        Only what the socket does not take is copied into ``out``; lines typed
+        meanwhile queue behind that, so chat still gets its turn between frames.
+        """
+        sent = 0
+        if not self.out:
+            try:
+                sent = self.sock.sendmsg([header, body])
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self.close()
+                return
+        if sent < len(header):
+            self.out += header[sent:]
+            self.out += body
+        else:
+            self.out += body[sent - len(header) :]
 
     def on_writable(self) -> None:
         if not self.out:
@@ -154,16 +199,31 @@ class ClientSession:
     # -- inbound -----------------------------------------------------------------
 
     def on_readable(self) -> None:
+        # Inside a data frame, read no further than its end: those bytes are all file.
+        # Right after one, read just a line's worth (most likely the next frame's
+        # header), so that the next frame's bytes too skip the framer's copies.
+        if self.frame_direct:
+            want = min(self.frame_direct, RECV_BYTES)
+        else:
+            want = FRAME_HEADER_READ if self.frame_ended else RECV_BYTES
+        self.frame_ended = False
         try:
-            data = self.sock.recv(RECV_BYTES)
+            size = self.sock.recv_into(self._recv_buffer, want)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            data = b""
-        if not data:
+            size = 0
+        if not size:
             self.close()
             return
-        self.framer.feed(data)
+        if self.frame_direct:
+            self.frame_direct -= size
+            self.on_data(self._recv_view[:size])
+            if not self.frame_direct:
+                self.data_target = None
+                self.frame_ended = True
+            return
+        self.framer.feed(self._recv_view[:size])
         while not self.closed:
             event = self.framer.next_event()
             if event is NEED_DATA:
@@ -174,7 +234,7 @@ class ClientSession:
                 self.emit(replies.error(f"from the server: {event.reason}"))
             elif isinstance(event, Data):
                 self.on_data(event.chunk)
-            elif isinstance(event, DataEnd):
+            elif isinstance(event, DataEnd) and not self.frame_direct:  # else it goes on, from the socket
                 self.data_target = None
 
     def on_line(self, line: str) -> None:
@@ -209,7 +269,7 @@ class ClientSession:
         if not self.awaiting_ready:
             self.emit(line)
             return
-        outgoing = self.awaiting_ready.popleft()
+        outgoing = self._answered_upload(line)
         if line.startswith("[upload refused]"):
             self.emit(replies.error(f"/sendfile refused by the server: {line[len('[upload refused] ') :]}"))
             return
@@ -221,6 +281,21 @@ class ClientSession:
             replies.ok(f"sending '{outgoing.name}' ({outgoing.size} bytes) as file {outgoing.transfer}")
         )
         self.uploading.append(outgoing)
+
+    def _answered_upload(self, line: str) -> OutgoingFile:
+        """The waiting upload an ``[upload ...]`` line answers: by name, else the oldest.
+
+        The server answers headers in order; matching the name as well keeps a
+        file's bytes from ever going out under another file's transfer id.
+        """
+        refused = line.startswith("[upload refused] ")
+        for outgoing in self.awaiting_ready:
+            if (refused and line.startswith(f"[upload refused] {outgoing.name}: ")) or (
+                not refused and line.endswith(f"] {outgoing.size} {outgoing.name}")
+            ):
+                self.awaiting_ready.remove(outgoing)
+                return outgoing
+        return self.awaiting_ready.popleft()
 
     def start_download(self, header: replies.FileHeader) -> None:
         try:
@@ -236,11 +311,16 @@ class ClientSession:
     def on_data_frame(self, line: str) -> None:
         head, _, size_text = line.partition("] ")
         transfer = head[len("[data ") :]
-        if not size_text.isdigit() or int(size_text) > commands.MAX_DATA_FRAME:
+        if not (size_text.isascii() and size_text.isdigit()) or int(size_text) > commands.MAX_DATA_FRAME:
             self.emit(replies.error(f"malformed data frame from the server: {line[:80]!r}"))
             self.close()
             return
-        self.framer.expect_raw(int(size_text))
+        # What the framer already holds goes through it; the rest of the frame is
+        # read from the socket straight into the download (on_readable).
+        size = int(size_text)
+        buffered = min(size, self.framer.buffered)
+        self.framer.expect_raw(buffered)
+        self.frame_direct = size - buffered
         self.data_target = self.downloads.get(transfer)
 
     def on_data(self, chunk: bytes) -> None:

@@ -35,6 +35,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+import sysv_ipc
+
 from protocol import replies
 from protocol.framing import encode_line
 from server import handlers
@@ -45,7 +47,7 @@ from server.transfers import Spool, decode_file_notice, encode_file_result
 from server.worker import WorkerExit, run_worker
 from shm.layout import RecordKind
 from shm.mailboxes import Posting, PostResult, Record
-from shm.segments import ServerIpc
+from shm.segments import IpcInUse, ServerIpc
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,10 @@ def describe_exit(status: int) -> str | None:
     }.get(code, f"disconnected (its worker failed with status {code})")
 
 
+class StartupError(Exception):
+    """The server cannot start; the message says why, for the person who ran it."""
+
+
 class ChatServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -92,14 +98,24 @@ class ChatServer:
     def start(self) -> tuple[str, int]:
         """Bind and create every IPC object; return the address listened on."""
         cfg = self.config
-        listener = socket.create_server((cfg.host, cfg.port), backlog=128, reuse_port=False)
+        try:
+            listener = socket.create_server((cfg.host, cfg.port), backlog=128, reuse_port=False)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from exc
         self.listener = listener
         listener.setblocking(False)
         host, port = listener.getsockname()[:2]
-        self.ipc = ServerIpc.create(port, cfg.max_clients, cfg.max_groups, cfg.mailbox_bytes)
+        try:
+            self.ipc = ServerIpc.create(port, cfg.max_clients, cfg.max_groups, cfg.mailbox_bytes)
+        except (IpcInUse, sysv_ipc.Error, OSError) as exc:
+            raise StartupError(f"cannot create the shared memory for port {port}: {exc}") from exc
         self.doorbells = Doorbells(cfg.max_clients)
-        self.spool = Spool(cfg.spool_path(port))
-        self.spool.reset()
+        spool = Spool(cfg.spool_path(port))
+        try:
+            spool.reset()
+        except OSError as exc:  # never clean up a folder we refused to use
+            raise StartupError(f"cannot use the spool folder {spool.path}: {exc.strerror or exc}") from exc
+        self.spool = spool
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wake_w)
         signal.signal(signal.SIGINT, self._on_stop_signal)
@@ -323,15 +339,8 @@ def run(config: ServerConfig) -> int:
     server = ChatServer(config)
     try:
         host, port = server.start()
-    except OSError as exc:
-        print(
-            f"shmchat-server: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
-        server.shutdown()
-        return 1
-    except Exception as exc:  # IpcInUse, sysv_ipc errors: say it plainly
-        print(f"shmchat-server: cannot create the shared memory: {exc}", file=sys.stderr)
+    except StartupError as exc:
+        print(f"shmchat-server: {exc}", file=sys.stderr)
         server.shutdown()
         return 1
     print(

@@ -13,23 +13,26 @@ the last link and descriptor are gone.  So:
 * the parent, after reaping any worker, removes the links and partial
   uploads named for that slot and generation, and tells the senders whose
   files were not delivered;
-* the whole folder is removed at shutdown and at start (after a crash).
+* the spool files are removed at start (after a crash) and at shutdown,
+  and then the folder too if nothing else is in it.  Nothing but the
+  spool's own files is ever removed, whatever ``--spool-dir`` names.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
-import shutil
+import stat
 from dataclasses import dataclass
 
 #: Bytes per data frame sent to a receiver (the client accepts up to 1 MiB).
 CHUNK_BYTES = 256 * 1024
-#: Largest data frame a peer may announce (bounds a worker's memory).
-MAX_FRAME_BYTES = 1024 * 1024
 
 _LINK = re.compile(r"to-(?P<slot>\d+)-(?P<gen>\d+)-(?P<sender>\d+)-(?P<n>\d+)\Z")
+#: Every name the spool itself makes: partial uploads and receivers' links.
+_SPOOL_FILE = re.compile(r"(?:up-\d+-\d+-\d+-\d+\.part|to-\d+-\d+-\d+-\d+)\Z")
 
 
 class Spool:
@@ -39,12 +42,42 @@ class Spool:
         self.path = path
 
     def reset(self) -> None:
-        """Remove anything a previous server left, and make the folder afresh."""
-        shutil.rmtree(self.path, ignore_errors=True)
-        os.makedirs(self.path, mode=0o700)
+        """Remove what a previous server left, and make sure the folder is ours.
+
+        Only spool files (``up-*.part``, ``to-*``) are ever removed: ``--spool-dir``
+        may name a folder that holds other things, which are left alone.  A folder
+        that is a symlink or belongs to another user is refused (OSError): another
+        user could otherwise rename the files in transit.
+        """
+        try:
+            os.mkdir(self.path, 0o700)
+        except FileExistsError:
+            info = os.lstat(self.path)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+                raise OSError(
+                    errno.EPERM, "the spool folder is not a folder of this user (use --spool-dir)", self.path
+                ) from None
+        self._remove_spool_files()
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Remove the spool files, and the folder if nothing else is in it."""
+        self._remove_spool_files()
+        try:
+            os.rmdir(self.path)
+        except OSError:
+            pass  # gone already, or it holds files that are not the spool's
+
+    def _remove_spool_files(self) -> None:
+        try:
+            names = os.listdir(self.path)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if _SPOOL_FILE.match(name):
+                try:
+                    os.unlink(os.path.join(self.path, name))
+                except FileNotFoundError:
+                    pass
 
     def upload_path(self, slot: int, generation: int, transfer: str) -> str:
         return os.path.join(self.path, f"up-{slot}-{generation}-{transfer}.part")
@@ -147,12 +180,14 @@ class Download:
         self._fd = os.open(self.path, os.O_RDONLY)
         self.started = True
 
-    def read_chunk(self) -> bytes:
-        chunk = os.read(self._fd, min(CHUNK_BYTES, self.size - self.sent))
-        if not chunk and self.sent < self.size:
+    def read_into(self, buffer: memoryview) -> int:
+        """Read the next piece into ``buffer`` (reused: no allocation); return its size."""
+        want = min(len(buffer), self.size - self.sent)
+        count = os.readv(self._fd, [buffer[:want]]) if want else 0
+        if not count and self.sent < self.size:
             raise OSError(f"spool file ended after {self.sent} of {self.size} bytes")
-        self.sent += len(chunk)
-        return chunk
+        self.sent += count
+        return count
 
     @property
     def complete(self) -> bool:

@@ -45,6 +45,7 @@ from server.config import ServerConfig
 from server.doorbells import Doorbells
 from server.handlers import Caller, Delivery
 from server.transfers import (
+    CHUNK_BYTES,
     Download,
     Spool,
     Upload,
@@ -61,10 +62,14 @@ from shm.segments import ServerIpc
 log = logging.getLogger(__name__)
 
 RECV_BYTES = 256 * 1024
+#: The read after a data frame: enough for the next frame's header line.
+FRAME_HEADER_READ = 64
 #: Seconds between updates of the slot's message counters in the client table.
 COUNT_INTERVAL = 1.0
 #: Below this much unsent output, the next file chunk is read from the spool.
 STREAM_LOW_WATER = 128 * 1024
+#: Chunks stream_files may send straight to the socket before the loop's next turn.
+STREAM_DIRECT_CHUNKS = 4
 #: Uploads one client may have in progress at once (each holds a spool file open).
 MAX_OPEN_UPLOADS = 8
 PR_SET_PDEATHSIG = 1
@@ -119,6 +124,8 @@ class Worker:
         # Bytes of the current data frame still in the socket: read straight into
         # the upload (no framer copy) by read_socket.  See start_frame.
         self.frame_direct = 0
+        self.frame_ended = False  # a frame just ended: the next read is a small one
+        self._file_view: memoryview | None = None  # chunks of downloads are read into it
         # Reused for every read.  An anonymous mapping, not a bytearray: its pages
         # stay untouched (not resident) until a read that large actually comes.
         self._recv_buffer = mmap.mmap(-1, RECV_BYTES)
@@ -163,7 +170,7 @@ class Worker:
         # Stop reading while posts are waiting for room: the sender slows down.
         if not self.blocked:
             events |= selectors.EVENT_READ
-        if self.out:
+        if self.out or self.downloads:  # a download goes on as soon as the socket takes more
             events |= selectors.EVENT_WRITE
         if events == self._interest:
             return  # unchanged: no epoll_ctl call
@@ -184,7 +191,14 @@ class Worker:
 
     def read_socket(self) -> None:
         # Inside a data frame, read no further than its end: those bytes are all file.
-        want = min(self.frame_direct, RECV_BYTES) if self.frame_direct else RECV_BYTES
+        # Right after one, read just a line's worth: most likely the next frame's
+        # header, so that its bytes too come straight from the socket, not through
+        # the framer (whose copies of large blocks cost more than the reads).
+        if self.frame_direct:
+            want = min(self.frame_direct, RECV_BYTES)
+        else:
+            want = FRAME_HEADER_READ if self.frame_ended else RECV_BYTES
+        self.frame_ended = False
         try:
             size = self.sock.recv_into(self._recv_buffer, want)
         except (BlockingIOError, InterruptedError):
@@ -201,6 +215,7 @@ class Worker:
             self.upload_chunk(self._recv_view[:size])
             if not self.frame_direct:
                 self.frame_upload = None
+                self.frame_ended = True
             self.flush_pending()
             return
         self.framer.feed(self._recv_view[:size])
@@ -222,9 +237,8 @@ class Worker:
                 self.say(replies.error(event.reason))
             elif isinstance(event, Data):
                 self.upload_chunk(event.chunk)
-            elif isinstance(event, DataEnd):
-                if not self.frame_direct:  # else the frame goes on, straight from the socket
-                    self.frame_upload = None
+            elif isinstance(event, DataEnd) and not self.frame_direct:  # else it goes on, from the socket
+                self.frame_upload = None
             self.flush_pending_if_large()
         self.flush_pending()
 
@@ -490,6 +504,10 @@ class Worker:
         told) only once the output has gone out: closing the last link of a big
         file frees its pages, long enough to hold up those last bytes.
         """
+        # After a few chunks straight to the socket, return: the loop watches for
+        # EPOLLOUT while a download is on (update_interest), so it comes straight
+        # back, and the doorbell and the client's commands get their turn.
+        direct = STREAM_DIRECT_CHUNKS
         while self.downloads and self.exit is None:
             download = self.downloads[0]
             if download.started and download.complete:
@@ -497,7 +515,7 @@ class Worker:
                     return
                 self.end_download(download, None)
                 continue
-            if len(self.out) >= STREAM_LOW_WATER:
+            if len(self.out) >= STREAM_LOW_WATER or (direct <= 0 and not self.out):
                 return
             try:
                 if not download.started:
@@ -513,14 +531,40 @@ class Worker:
                         )
                     )
                     continue  # a 0-byte file is complete at once: it ends above
-                chunk = download.read_chunk()
+                if self._file_view is None:  # made on first use: idle workers never touch it
+                    self._file_view = memoryview(mmap.mmap(-1, CHUNK_BYTES))
+                size = download.read_into(self._file_view)
             except OSError as exc:
                 if download.started:
                     self.say(replies.file_abort(download.transfer, "the server could not read the file"))
                 self.end_download(download, f"server error: {exc.strerror or exc}")
                 continue
-            self.out += encode_line(replies.data_frame(download.transfer, len(chunk)))
-            self.out += chunk
+            direct -= 1
+            self.send_frame(encode_line(replies.data_frame(download.transfer, size)), self._file_view[:size])
+
+    def send_frame(self, header: bytes, body: memoryview) -> None:
+        """Queue one data frame: straight to the socket if nothing is queued before it.
+
+        Only what the socket does not take is copied into ``out``, so a download
+        moves from the spool to the socket without a new buffer per chunk.
+        """
+        sent = 0
+        if not self.out:
+            try:
+                sent = self.sock.sendmsg([header, body])
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+                    log.info("client %d: write failed: %s", self.caller.client_id, exc)
+                self.exit = WorkerExit.CONNECTION_LOST
+                self.out.clear()
+                return
+        if sent < len(header):
+            self.out += header[sent:]
+            self.out += body
+        else:
+            self.out += body[sent - len(header) :]
 
     def end_download(self, download: Download, error: str | None) -> None:
         self.downloads.popleft()

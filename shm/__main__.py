@@ -2,6 +2,8 @@
 
 python -m shm list              every shmchat segment and semaphore here
 python -m shm cleanup [--port]  remove what dead servers left behind
+python -m shm inspect --port P [--watch [SECONDS]] [--json]
+                                a running server's tables, read-only (live with --watch)
 """
 
 from __future__ import annotations
@@ -42,6 +44,18 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from shm import inspect
+
+    if args.watch is not None and args.json:
+        print("python -m shm inspect: --watch and --json do not go together", file=sys.stderr)
+        return 2
+    color = inspect.use_color(args.color, sys.stdout)
+    if args.watch is not None:
+        return inspect.run_watch(args.port, max(args.watch, 0.1), color)
+    return inspect.run_once(args.port, args.json, color)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,6 +66,28 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=text)
         p.add_argument("--port", type=int, default=None, help="only this server port")
         p.set_defaults(func=func)
+    p = sub.add_parser(
+        "inspect",
+        help="show a running server's tables, semaphores and segments (read-only)",
+        description="Show a running server's client, message and group tables, its semaphores "
+        "and its segments, read-only (segments attached with SHM_RDONLY, each lock held "
+        "for one table read only).",
+    )
+    p.add_argument("--port", type=int, default=5000, help="the server's port (default: %(default)s)")
+    p.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=1.0,
+        default=None,
+        metavar="SECONDS",
+        help="redraw in place every SECONDS (default 1) until Ctrl-C",
+    )
+    p.add_argument("--json", action="store_true", help="print one snapshot as JSON")
+    p.add_argument(
+        "--color", choices=("auto", "always", "never"), default="auto", help="colours (default: %(default)s)"
+    )
+    p.set_defaults(func=cmd_inspect)
     args = parser.parse_args(argv)
     return args.func(args)
 

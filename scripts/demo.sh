@@ -1,0 +1,268 @@
+#!/usr/bin/env bash
+# The classroom demo: one tmux session with the server, the live inspector and
+# three interactive clients, each in its own labelled pane, ready to type into.
+#
+#   scripts/demo.sh start [--port N] [--detach]   open it (and attach, unless --detach
+#                                                 or stdin is not a terminal)
+#   scripts/demo.sh stop  [--port N]              tear it down: the server is stopped
+#                                                 with SIGTERM (it removes its IPC objects),
+#                                                 the session is killed, and the script
+#                                                 checks that no process and no IPC object
+#                                                 of the demo is left
+#
+# ./dev demo and ./dev demo-stop call this (./dev creates .venv on first use).
+#
+# Settings (environment):
+#   SHMCHAT_DEMO_PORT         port of the demo server (default 5000; --port wins)
+#   SHMCHAT_DEMO_SESSION      tmux session name (default shmchat-demo)
+#   SHMCHAT_DEMO_TMUX_SOCKET  a separate tmux server (tmux -L NAME); default: your usual one
+#   SHMCHAT_PYTHON            interpreter (default .venv/bin/python if present, else python3)
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SELF="$ROOT/scripts/demo.sh"
+SESSION="${SHMCHAT_DEMO_SESSION:-shmchat-demo}"
+PORT="${SHMCHAT_DEMO_PORT:-5000}"
+
+pick_python() {
+    if [ -n "${SHMCHAT_PYTHON:-}" ]; then echo "$SHMCHAT_PYTHON"
+    elif [ -x "$ROOT/.venv/bin/python" ]; then echo "$ROOT/.venv/bin/python"
+    else echo python3
+    fi
+}
+PY="$(pick_python)"
+
+tmux_() {
+    if [ -n "${SHMCHAT_DEMO_TMUX_SOCKET:-}" ]; then tmux -L "$SHMCHAT_DEMO_TMUX_SOCKET" "$@"
+    else tmux "$@"
+    fi
+}
+
+state_dir() {  # pid files and downloads of one demo
+    echo "${XDG_RUNTIME_DIR:-/tmp}/shmchat-demo-$(id -u)-$1"
+}
+
+say() { printf '%s\n' "$*"; }
+fail() { printf 'demo: %s\n' "$*" >&2; exit 1; }
+
+# Is something listening on TCP port $1 (127.0.0.1 or any address)?  Read
+# from /proc, so that checking does not connect (a connection is a client).
+listening() {
+    local hex
+    hex="$(printf '%04X' "$1")"
+    awk -v port=":$hex" 'NR > 1 && $4 == "0A" && substr($2, length($2) - 4) == port { found = 1 }
+        END { exit !found }' /proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
+
+wait_listening() {  # $1 port, $2 seconds
+    local tries=$(( $2 * 10 ))
+    while ! listening "$1"; do
+        tries=$(( tries - 1 ))
+        [ "$tries" -gt 0 ] || return 1
+        sleep 0.1
+    done
+}
+
+alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+
+# The pid of the server using the port's IPC objects, from the segment header.
+server_pid() {
+    (cd "$ROOT" && "$PY" -c '
+import sys
+from shm.segments import live_server_pid
+pid = live_server_pid(int(sys.argv[1]))
+print(pid or "")' "$1" 2>/dev/null)
+}
+
+shmchat_objects() {  # how many IPC objects of port $1 exist
+    local key=$(( (0x5C4 << 20) | ($1 << 4) ))
+    awk -v lo="$key" -v hi="$(( key + 4 ))" 'NR > 1 && $1 >= lo && $1 <= hi { n++ } END { print n + 0 }' \
+        /proc/sysvipc/shm /proc/sysvipc/sem
+}
+
+# -- what runs in each pane ---------------------------------------------------------
+
+pane_server() {  # port state
+    local port="$1" state="$2" status
+    cd "$ROOT" || exit 1
+    while true; do
+        # sh writes its own pid, then becomes the server: the pid file names the server.
+        sh -c 'echo $$ > "$1"; shift; exec "$@"' sh "$state/server.pid" \
+            "$PY" -m server --port "$port" --log-level INFO
+        status=$?
+        rm -f "$state/server.pid"
+        printf '\n[the server exited with status %s; press Enter to start it again]\n' "$status"
+        read -r || exit 0
+    done
+}
+
+pane_inspector() {  # port
+    cd "$ROOT" || exit 1
+    while true; do
+        "$PY" -m shm inspect --port "$1" --watch 1
+        printf '\n[the inspector stopped; press Enter to start it again]\n'
+        read -r || exit 0
+    done
+}
+
+pane_client() {  # port name state
+    local port="$1" name="$2" state="$3" status
+    cd "$ROOT" || exit 1
+    wait_listening "$port" 20 || say "[no server is listening on port $port yet]"
+    while true; do
+        "$PY" -m client --port "$port" --download-dir "$state/downloads-$name"
+        status=$?
+        printf '\n[client %s exited with status %s; press Enter to connect again]\n' "$name" "$status"
+        read -r || exit 0
+    done
+}
+
+# -- start and stop -----------------------------------------------------------------
+
+check_ready() {
+    command -v tmux >/dev/null 2>&1 || fail "tmux is not installed (apt-get install tmux), or use ./dev demo"
+    (cd "$ROOT" && "$PY" -c 'import sysv_ipc, prompt_toolkit' 2>/dev/null) ||
+        fail "$PY cannot import sysv_ipc and prompt_toolkit; run ./dev demo, which sets up .venv"
+}
+
+start() {
+    local detach=0
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --port) PORT="$2"; shift 2 ;;
+            --port=*) PORT="${1#--port=}"; shift ;;
+            --detach) detach=1; shift ;;
+            *) fail "unknown option $1 (use --port N, --detach)" ;;
+        esac
+    done
+    [[ "$PORT" =~ ^[0-9]+$ ]] && [ "$PORT" -gt 0 ] && [ "$PORT" -lt 65536 ] || fail "bad port: $PORT"
+    check_ready
+    if tmux_ has-session -t "=$SESSION" 2>/dev/null; then
+        fail "the demo is already running (tmux attach -t $SESSION), or stop it: ./dev demo-stop"
+    fi
+    listening "$PORT" && fail "port $PORT is already in use; pick another: ./dev demo --port 5001"
+    local state
+    state="$(state_dir "$PORT")"
+    rm -rf "$state"
+    mkdir -p "$state" || fail "cannot create $state"
+    local cols=200 rows=50
+    if [ -t 1 ]; then cols="$(tput cols 2>/dev/null || echo 200)"; rows="$(tput lines 2>/dev/null || echo 50)"; fi
+    local q_self q_py q_state
+    q_self="$(printf '%q' "$SELF")"; q_py="$(printf '%q' "$PY")"; q_state="$(printf '%q' "$state")"
+    local run="SHMCHAT_PYTHON=$q_py bash $q_self"
+
+    # Left column: the inspector above the server log; right column: three clients.
+    local server inspector a b c
+    server="$(tmux_ new-session -d -s "$SESSION" -n shmchat -x "$cols" -y "$rows" -P -F '#{pane_id}' \
+        "$run _server $PORT $q_state")" || fail "tmux could not start a session"
+    wait_listening "$PORT" 15 || say "warning: the server is not listening on $PORT yet (see its pane)"
+    a="$(tmux_ split-window -h -l 40% -t "$server" -P -F '#{pane_id}' "$run _client $PORT A $q_state")"
+    b="$(tmux_ split-window -v -l 67% -t "$a" -P -F '#{pane_id}' "$run _client $PORT B $q_state")"
+    c="$(tmux_ split-window -v -l 50% -t "$b" -P -F '#{pane_id}' "$run _client $PORT C $q_state")"
+    inspector="$(tmux_ split-window -v -b -l 78% -t "$server" -P -F '#{pane_id}' "$run _inspector $PORT")"
+
+    tmux_ select-pane -t "$server" -T "server  (python -m server --port $PORT)"
+    tmux_ select-pane -t "$inspector" -T "inspector  (python -m shm inspect --port $PORT --watch)"
+    tmux_ select-pane -t "$a" -T "client A"
+    tmux_ select-pane -t "$b" -T "client B"
+    tmux_ select-pane -t "$c" -T "client C"
+    tmux_ set-option -w -t "$SESSION" pane-border-status top >/dev/null
+    tmux_ set-option -w -t "$SESSION" pane-border-format ' #{pane_title} ' >/dev/null
+    tmux_ set-option -t "$SESSION" mouse on >/dev/null  # click a pane to type in it
+    tmux_ set-option -t "$SESSION" status-right " port $PORT · stop: ./dev demo-stop " >/dev/null
+    tmux_ select-pane -t "$a"
+
+    say "shmchat demo running on 127.0.0.1:$PORT in tmux session '$SESSION'."
+    say "  panes: inspector and server on the left, clients A, B, C on the right (click one to type)"
+    say "  stop everything: ./dev demo-stop$( [ "$PORT" = 5000 ] || printf ' --port %s' "$PORT")"
+    if [ "$detach" = 1 ] || [ ! -t 0 ] || [ ! -t 1 ]; then
+        local how="tmux attach -t $SESSION"
+        [ -n "${SHMCHAT_DEMO_TMUX_SOCKET:-}" ] && how="tmux -L $SHMCHAT_DEMO_TMUX_SOCKET attach -t $SESSION"
+        say "  look at it: $how   (detach again with Ctrl-b d)"
+        return 0
+    fi
+    if [ -n "${TMUX:-}" ] && [ -z "${SHMCHAT_DEMO_TMUX_SOCKET:-}" ]; then
+        tmux_ switch-client -t "$SESSION"
+    else
+        TMUX='' tmux_ attach-session -t "$SESSION"  # (a separate tmux server inside tmux: nest)
+    fi
+}
+
+stop() {
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --port) PORT="$2"; shift 2 ;;
+            --port=*) PORT="${1#--port=}"; shift ;;
+            *) fail "unknown option $1 (use --port N)" ;;
+        esac
+    done
+    local state pid pane_pids=() left=0
+    state="$(state_dir "$PORT")"
+
+    # 1. The server, politely: SIGTERM makes it say goodbye to every client,
+    #    reap its workers and remove its segments and semaphores.
+    pid="$(cat "$state/server.pid" 2>/dev/null)"
+    alive "$pid" || pid="$(server_pid "$PORT")"
+    if alive "$pid"; then
+        say "stopping the server (pid $pid) with SIGTERM..."
+        kill -TERM "$pid"
+        for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
+        if alive "$pid"; then
+            say "the server did not stop in 10 s; SIGKILL"
+            kill -KILL "$pid" 2>/dev/null
+        fi
+    fi
+
+    # 2. The tmux session, with every pane.
+    if tmux_ has-session -t "=$SESSION" 2>/dev/null; then
+        local socket_path
+        socket_path="$(tmux_ display-message -p '#{socket_path}' 2>/dev/null)"
+        mapfile -t pane_pids < <(tmux_ list-panes -s -t "=$SESSION" -F '#{pane_pid}' 2>/dev/null)
+        tmux_ kill-session -t "=$SESSION"
+        say "closed tmux session '$SESSION'"
+        # A tmux server of our own (SHMCHAT_DEMO_TMUX_SOCKET) ends with its last
+        # session but leaves its socket file: remove it once nothing answers there.
+        if [ -n "${SHMCHAT_DEMO_TMUX_SOCKET:-}" ] && [ -S "$socket_path" ]; then
+            for _ in $(seq 20); do tmux_ list-sessions >/dev/null 2>&1 || break; sleep 0.05; done
+            tmux_ list-sessions >/dev/null 2>&1 || rm -f "$socket_path"
+        fi
+    fi
+    # Whatever a pane ran gets SIGHUP from tmux; make sure, by pid.
+    for pid in "${pane_pids[@]}"; do
+        for child in $(pgrep -P "$pid" 2>/dev/null) "$pid"; do
+            alive "$child" && kill -TERM "$child" 2>/dev/null
+        done
+    done
+    for _ in $(seq 30); do
+        left=0
+        for pid in "${pane_pids[@]}"; do alive "$pid" && left=$(( left + 1 )); done
+        [ "$left" = 0 ] && break
+        sleep 0.1
+    done
+
+    # 3. IPC objects: none should be left; a server killed with SIGKILL leaves
+    #    its objects, which "python -m shm cleanup" removes.
+    if [ "$(shmchat_objects "$PORT")" != 0 ]; then
+        (cd "$ROOT" && "$PY" -m shm cleanup --port "$PORT")
+    fi
+    rm -rf "$state"
+
+    local objects
+    objects="$(shmchat_objects "$PORT")"
+    if [ "$objects" = 0 ] && [ "$left" = 0 ] && ! listening "$PORT"; then
+        say "demo stopped: no demo process left, no IPC object of port $PORT left (ipcs -m, ipcs -s)"
+        return 0
+    fi
+    say "demo stopped, but: $left pane process(es) still alive, $objects IPC object(s) of port $PORT left"
+    return 1
+}
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+    start) start "$@" ;;
+    stop) stop "$@" ;;
+    _server) PY="${SHMCHAT_PYTHON:-$PY}"; pane_server "$@" ;;
+    _inspector) PY="${SHMCHAT_PYTHON:-$PY}"; pane_inspector "$@" ;;
+    _client) PY="${SHMCHAT_PYTHON:-$PY}"; pane_client "$@" ;;
+    *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || exit 2 ;;
+esac

@@ -870,7 +870,9 @@ def summarise(path: Path, title: str, top: int = 16) -> None:
     """Where a worker's busy time goes, from py-spy's collapsed stacks.
 
     Frames above ``Worker.run`` (the parent's code before the fork) are left
-    out; samples waiting in ``select`` count as idle.
+    out; samples waiting for events count as idle: those that end in
+    ``Worker.run`` itself (its ``epoll.poll`` is C, so no frame of its own),
+    or in ``EpollSelector.select`` (workers before the loop used epoll directly).
     """
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()

@@ -213,9 +213,32 @@ def _no_arguments(name: str, rest: str) -> None:
         raise CommandError(f"{name} takes no arguments; {_usage(name)}")
 
 
+def _fast_id_and_text(rest: str) -> tuple[str, str] | None:
+    """``<5 digits> <message>`` split without a regex, or None if it is not that simple."""
+    if rest[5:6] == " " and rest[:5].isdigit() and rest[6:].strip():
+        return rest[:5], rest[6:]
+    return None
+
+
 def parse(line: str) -> Request:
     """Parse one line typed by a client into a request, or raise CommandError."""
-    match = _COMMAND_WORD.match(line.rstrip("\r\n"))
+    line = line.rstrip("\r\n")
+    # The fast path: chat messages come by the thousand, every other command
+    # now and then.  A lower-case command word, one space, and (for /send and
+    # /sendgroup) five digits and one more space give exactly what the
+    # general parser below would; anything else falls through to it.
+    if line.startswith("/send "):
+        split = _fast_id_and_text(line[6:])
+        if split is not None:
+            return Send(parse_id(split[0], "client", "/send"), split[1])
+    elif line.startswith("/broadcast "):
+        if line[11:].strip():
+            return Broadcast(line[11:])
+    elif line.startswith("/sendgroup "):
+        split = _fast_id_and_text(line[11:])
+        if split is not None:
+            return SendGroup(parse_id(split[0], "group", "/sendgroup"), split[1])
+    match = _COMMAND_WORD.match(line)
     if match is None:
         if line.strip():  # words run together by another kind of space (tab is fine)
             raise CommandError("separate the command and its arguments with spaces; type /help")

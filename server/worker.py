@@ -174,6 +174,10 @@ class Worker:
                     if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR) and self.exit is None:
                         self.read_socket()
             self.pump_output()
+            if self.framer.buffered and not self.blocked and self.exit is None:
+                # A flush elsewhere (a finished download's result, a doorbell)
+                # may have unblocked us with complete lines still buffered.
+                self.process_input()
             self.check_backlog()
             self.count_traffic()
         self.finish()
@@ -237,20 +241,28 @@ class Worker:
         Stops early while posts are blocked on a full mailbox; the rest stays
         in the framer until the receiver makes room and rings back.
         """
-        while self.exit is None and not self.blocked:
-            event = self.framer.next_event()
-            if event is NEED_DATA:
+        drained = False  # every complete line buffered has been handled
+        while self.exit is None and not drained:
+            while self.exit is None and not self.blocked:
+                event = self.framer.next_event()
+                if event is NEED_DATA:
+                    drained = True
+                    break
+                if isinstance(event, Line):
+                    self.handle_line(event.text)
+                elif isinstance(event, BadLine):
+                    self.say(replies.error(event.reason))
+                elif isinstance(event, Data):
+                    self.upload_chunk(event.chunk)
+                elif isinstance(event, DataEnd) and not self.frame_direct:  # else it goes on, from the socket
+                    self.frame_upload = None
+                self.flush_pending_if_large()
+            self.flush_pending()
+            # If that flush found room after all, the lines left behind must be
+            # handled now: no doorbell will come for them, and the client may be
+            # waiting for their answers before it sends anything else.
+            if self.blocked:
                 break
-            if isinstance(event, Line):
-                self.handle_line(event.text)
-            elif isinstance(event, BadLine):
-                self.say(replies.error(event.reason))
-            elif isinstance(event, Data):
-                self.upload_chunk(event.chunk)
-            elif isinstance(event, DataEnd) and not self.frame_direct:  # else it goes on, from the socket
-                self.frame_upload = None
-            self.flush_pending_if_large()
-        self.flush_pending()
 
     def handle_line(self, line: str) -> None:
         try:

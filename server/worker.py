@@ -577,10 +577,7 @@ class Worker:
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as exc:
-                if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
-                    log.info("client %d: write failed: %s", self.caller.client_id, exc)
-                self.exit = WorkerExit.CONNECTION_LOST
-                self.out.clear()
+                self.write_failed(exc)
                 return
         if sent < len(header):
             self.out += header[sent:]
@@ -616,12 +613,16 @@ class Worker:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
-                log.info("client %d: write failed: %s", self.caller.client_id, exc)
-            self.exit = WorkerExit.CONNECTION_LOST
-            self.out.clear()
+            self.write_failed(exc)
             return
         del self.out[:sent]
+
+    def write_failed(self, exc: OSError) -> None:
+        """The client's socket refused a write: the session is over."""
+        if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+            log.info("client %d: write failed: %s", self.caller.client_id, exc)
+        self.exit = WorkerExit.CONNECTION_LOST
+        self.out.clear()
 
     def check_backlog(self) -> None:
         if self.exit is None and len(self.out) > self.config.output_limit:

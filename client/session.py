@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from client.files import CHUNK_BYTES, IncomingFile, OutgoingFile, safe_name, sha256_of
 from protocol import commands, replies
-from protocol.framing import NEED_DATA, BadLine, Data, DataEnd, Line, LineFramer, encode_line
+from protocol.framing import NEED_DATA, BadLine, Data, DataEnd, Line, LineFramer, encode_line, queue_unsent
 
 RECV_BYTES = 256 * 1024
 #: The read after a data frame: enough for the next frame's header line.
@@ -178,11 +178,7 @@ class ClientSession:
             except OSError:
                 self.close()
                 return
-        if sent < len(header):
-            self.out += header[sent:]
-            self.out += body
-        else:
-            self.out += body[sent - len(header) :]
+        queue_unsent(self.out, header, body, sent)
 
     def on_writable(self) -> None:
         if not self.out:

@@ -81,6 +81,14 @@ class CommandError(Exception):
     """The line is not a valid command; the message says why and how."""
 
 
+class StreamError(CommandError):
+    """A ``/data`` header that cannot be parsed.
+
+    Raw bytes of unknown length follow it, so the byte stream cannot be
+    followed any more: the connection must be closed, not merely answered.
+    """
+
+
 # -- the requests -------------------------------------------------------------
 
 
@@ -329,11 +337,11 @@ def _parse_sendfile(rest: str) -> SendFile:
 def _parse_data(rest: str) -> DataFrame:
     parts = rest.split()
     if len(parts) != 2 or not TRANSFER_ID.fullmatch(parts[0]) or not _is_count(parts[1]):
-        raise CommandError("/data: malformed data frame; usage: /data <transfer id> <byte count>")
+        raise StreamError("/data: malformed data frame; usage: /data <transfer id> <byte count>")
     size = int(parts[1]) if len(parts[1]) <= MAX_COUNT_DIGITS else MAX_DATA_FRAME + 1
     if size > MAX_DATA_FRAME:
         shown = parts[1] if len(parts[1]) <= MAX_COUNT_DIGITS else parts[1][:MAX_COUNT_DIGITS] + "..."
-        raise CommandError(f"/data: frame of {shown} bytes is over the {MAX_DATA_FRAME}-byte limit")
+        raise StreamError(f"/data: frame of {shown} bytes is over the {MAX_DATA_FRAME}-byte limit")
     return DataFrame(parts[0], size)
 
 

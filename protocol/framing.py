@@ -139,6 +139,20 @@ class LineFramer:
         return Data(chunk)
 
 
+def queue_unsent(out: bytearray, header: bytes, body: bytes | memoryview, sent: int) -> None:
+    """Append to ``out`` what a gathered send of ``header`` + ``body`` left unsent.
+
+    Both ends send a data frame with one ``sendmsg([header, body])`` when
+    nothing is queued before it, and queue only the rest: a large frame then
+    goes from its buffer to the socket without being copied first.
+    """
+    if sent < len(header):
+        out += header[sent:]
+        out += body
+    else:
+        out += body[sent - len(header) :]
+
+
 def encode_line(text: str) -> bytes:
     """One line on the wire: UTF-8 and a newline.  Newlines inside are refused."""
     if "\n" in text:

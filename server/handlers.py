@@ -85,10 +85,6 @@ def notices(recipients: Iterable[ClientInfo], line: str) -> list[Delivery]:
     return [deliver(c, RecordKind.NOTICE, None, line) for c in recipients]
 
 
-def _online(ipc: ServerIpc) -> dict[int, ClientInfo]:
-    return {c.client_id: c for c in ipc.directory.online()}
-
-
 def describe_group(group: GroupInfo) -> str:
     text = f"group {group.group_id}: admin {group.admin_id}; members {', '.join(map(str, group.members))}"
     if group.invited:
@@ -147,7 +143,7 @@ def handle_broadcast(caller: Caller, request: Broadcast, ipc: ServerIpc) -> Outc
 def handle_makegroup(caller: Caller, request: MakeGroup, ipc: ServerIpc) -> Outcome:
     created = ipc.directory.create_group(caller.client_id, list(request.members), request.invite_only)
     group = created.group
-    online = _online(ipc)
+    online = ipc.directory.online_by_id()
     out = Outcome()
     verb = "invited" if request.invite_only else "added"
     skipped = "".join(f"; not {verb}: {cid} ({why})" for cid, why in created.skipped.items())
@@ -184,7 +180,7 @@ def handle_joingroup(caller: Caller, request: JoinGroup, ipc: ServerIpc) -> Outc
         return Outcome(replies=[replies.ok(f"you are already a member of group {gid}")])
     if not outcome.joined and outcome.already:
         return Outcome(replies=[replies.ok(f"you already asked to join group {gid}; waiting for its admin")])
-    online = _online(ipc)
+    online = ipc.directory.online_by_id()
     if outcome.joined:
         news = replies.notice(f"client {caller.client_id} joined group {gid}")
         return Outcome(
@@ -210,7 +206,7 @@ def handle_answer(caller: Caller, request: AnswerRequest, ipc: ServerIpc) -> Out
     group = ipc.directory.answer_request(
         request.group_id, caller.client_id, request.client_id, request.approve
     )
-    online = _online(ipc)
+    online = ipc.directory.online_by_id()
     gid, who = group.group_id, request.client_id
     requester = [online[who]] if who in online else []
     if not request.approve:
@@ -233,7 +229,7 @@ def handle_answer(caller: Caller, request: AnswerRequest, ipc: ServerIpc) -> Out
 
 def handle_declinegroup(caller: Caller, request: DeclineGroup, ipc: ServerIpc) -> Outcome:
     group = ipc.directory.decline_invitation(request.group_id, caller.client_id)
-    online = _online(ipc)
+    online = ipc.directory.online_by_id()
     admin = [online[group.admin_id]] if group.admin_id in online else []
     news = replies.notice(f"client {caller.client_id} declined the invitation to group {group.group_id}")
     return Outcome(
@@ -244,7 +240,7 @@ def handle_declinegroup(caller: Caller, request: DeclineGroup, ipc: ServerIpc) -
 
 def handle_sendgroup(caller: Caller, request: SendGroup, ipc: ServerIpc) -> Outcome:
     group = ipc.directory.group_for_sender(request.group_id, caller.client_id)
-    peers = _members_except(group, _online(ipc), caller.client_id)
+    peers = _members_except(group, ipc.directory.online_by_id(), caller.client_id)
     if not peers:
         return Outcome(
             replies=[replies.notice(f"you are the only member of group {group.group_id}; not sent")]
@@ -296,7 +292,7 @@ def handle(caller: Caller, request: Request, ipc: ServerIpc) -> Outcome:
 
 def departure_notices(left_id: int, how: str, changes: list[GroupChange], ipc: ServerIpc) -> list[Delivery]:
     """Tell everyone who left, and each group's remaining members what changed."""
-    online = _online(ipc)
+    online = ipc.directory.online_by_id()
     out = notices(online.values(), replies.left(left_id, how))
     for change in changes:
         group = change.group

@@ -223,7 +223,7 @@ class ChatServer:
         unread, waiters = self.ipc.messages.close(caller.slot, caller.generation)
         for slot in waiters:
             self.doorbells.ring(slot)  # they retry, and learn the receiver is gone
-        _, transfers = self.spool.leftovers(caller.slot, caller.generation)
+        transfers = self.spool.leftovers(caller.slot, caller.generation)
         if released is None:
             return
         _, changes = released
@@ -238,7 +238,7 @@ class ChatServer:
     def bounce(self, gone_id: int, unread: list[Record], transfers: list[str]) -> None:
         """Tell senders that what they sent to a departed client was discarded."""
         assert self.ipc is not None
-        online = {c.client_id: c for c in self.ipc.directory.online()}
+        online = self.ipc.directory.online_by_id()
         names = {}
         for record in unread:
             if record.kind is RecordKind.FILE:

@@ -85,31 +85,27 @@ class Spool:
     def link_path(self, slot: int, generation: int, transfer: str) -> str:
         return os.path.join(self.path, f"to-{slot}-{generation}-{transfer}")
 
-    def leftovers(self, slot: int, generation: int) -> tuple[list[str], list[str]]:
-        """Partial uploads and undelivered links of one departed slot.
+    def leftovers(self, slot: int, generation: int) -> list[str]:
+        """Remove a departed slot's partial uploads and undelivered links.
 
-        Returns (upload paths, transfer ids of links); the files are removed.
+        Returns the transfer ids of the links, whose senders are to be told.
         """
-        uploads, transfers = [], []
+        transfers = []
         try:
             names = os.listdir(self.path)
         except FileNotFoundError:
-            return [], []
+            return []
         for name in names:
-            full = os.path.join(self.path, name)
-            if name.startswith(f"up-{slot}-{generation}-"):
-                uploads.append(full)
-            else:
-                match = _LINK.match(name)
-                if match and int(match["slot"]) == slot and int(match["gen"]) == generation:
-                    transfers.append(f"{match['sender']}-{match['n']}")
-                else:
-                    continue
+            match = _LINK.match(name)
+            if match and int(match["slot"]) == slot and int(match["gen"]) == generation:
+                transfers.append(f"{match['sender']}-{match['n']}")
+            elif not name.startswith(f"up-{slot}-{generation}-"):
+                continue
             try:
-                os.unlink(full)
+                os.unlink(os.path.join(self.path, name))
             except FileNotFoundError:
                 pass
-        return uploads, transfers
+        return transfers
 
 
 @dataclass

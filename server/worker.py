@@ -40,8 +40,8 @@ from functools import partial
 from itertools import count
 
 from protocol import commands, replies
-from protocol.commands import CommandError, DataFrame, SendFile
-from protocol.framing import NEED_DATA, BadLine, Data, DataEnd, Line, LineFramer, encode_line
+from protocol.commands import CommandError, DataFrame, SendFile, StreamError
+from protocol.framing import NEED_DATA, BadLine, Data, DataEnd, Line, LineFramer, encode_line, queue_unsent
 from server import handlers
 from server.config import ServerConfig
 from server.doorbells import Doorbells
@@ -167,7 +167,6 @@ class Worker:
                     self.take_mail()
                     if self.blocked:  # the mailbox we were waiting for may have room now
                         self.flush_pending()
-                        self.process_input()
                 else:  # a hang-up or an error is reported to both, as selectors did
                     if events & (select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR):
                         self.write_some()
@@ -175,8 +174,8 @@ class Worker:
                         self.read_socket()
             self.pump_output()
             if self.framer.buffered and not self.blocked and self.exit is None:
-                # A flush elsewhere (a finished download's result, a doorbell)
-                # may have unblocked us with complete lines still buffered.
+                # The one place input resumes after a flush outside process_input
+                # (a doorbell, a finished download's result) found room again.
                 self.process_input()
             self.check_backlog()
             self.count_traffic()
@@ -267,14 +266,14 @@ class Worker:
     def handle_line(self, line: str) -> None:
         try:
             request = commands.parse(line)
+        except StreamError as exc:
+            # Raw bytes of unknown length follow a bad frame header: they would
+            # be read as commands.  The stream cannot be followed any more.
+            log.info("client %d: bad data frame header; closing", self.caller.client_id)
+            self.say(replies.bye(f"{exc}; the byte stream cannot be followed, closing the connection"))
+            self.exit = WorkerExit.PROTOCOL_ERROR
+            return
         except CommandError as exc:
-            if line.split(maxsplit=1)[:1] and line.split(maxsplit=1)[0].lower() == "/data":
-                # Raw bytes of unknown length follow a bad frame header: they would
-                # be read as commands.  The stream cannot be followed any more.
-                log.info("client %d: bad data frame header; closing", self.caller.client_id)
-                self.say(replies.bye(f"{exc}; the byte stream cannot be followed, closing the connection"))
-                self.exit = WorkerExit.PROTOCOL_ERROR
-                return
             self.say(replies.error(str(exc)))
             return
         if isinstance(request, SendFile):
@@ -461,7 +460,7 @@ class Worker:
                 )
             )
             return
-        online = {c.client_id: c for c in self.ipc.directory.online()}
+        online = self.ipc.directory.online_by_id()
         if upload.group_id:
             try:
                 group = self.ipc.directory.group_for_sender(upload.group_id, self.caller.client_id)
@@ -579,11 +578,7 @@ class Worker:
             except OSError as exc:
                 self.write_failed(exc)
                 return
-        if sent < len(header):
-            self.out += header[sent:]
-            self.out += body
-        else:
-            self.out += body[sent - len(header) :]
+        queue_unsent(self.out, header, body, sent)
 
     def end_download(self, download: Download, error: str | None) -> None:
         self.downloads.popleft()

@@ -105,10 +105,6 @@ def _decode_host(raw: bytes) -> str:
     return raw.rstrip(b"\0").decode("ascii", "replace")
 
 
-def _nonzero(values: tuple[int, ...]) -> list[int]:
-    return [v for v in values if v]
-
-
 def _padded(values: list[int], size: int) -> list[int]:
     return values + [0] * (size - len(values))
 
@@ -301,6 +297,10 @@ class Directory:
     def online(self) -> list[ClientInfo]:
         """Every online client, in slot order (from this process's cache)."""
         return list(self._online_cache()[0])
+
+    def online_by_id(self) -> dict[int, ClientInfo]:
+        """Every online client by id (from this process's cache; a copy to keep)."""
+        return dict(self._online_cache()[1])
 
     def _online_cache(self) -> tuple[list[ClientInfo], dict[int, ClientInfo]]:
         """The decoded client list, re-read only when the change counter moves.

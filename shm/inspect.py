@@ -93,9 +93,10 @@ class LockBusy(Exception):
 class PatientLock:
     """A table lock that is only ever tried, for ``patience`` seconds at most.
 
-    ``Directory`` and ``MessageTable`` take their lock with ``lock.held()``;
-    handing them this instead of the server's ``BinaryLock`` is what makes
-    the inspector unable to wait on a lock forever.
+    The reads the inspector makes (``Directory.snapshot``,
+    ``MessageTable.stats``) take their lock with ``lock.held()``; handing the
+    tables this instead of the server's ``BinaryLock`` is what makes the
+    inspector unable to wait on a lock forever.
     """
 
     def __init__(self, lock: BinaryLock, patience: float = LOCK_PATIENCE) -> None:

@@ -165,24 +165,21 @@ class MessageTable:
 
     # -- header access (caller holds the lock) -------------------------------
 
-    def _base(self, slot: int) -> int:
-        return self._bases[slot]
-
     def _header(self, slot: int) -> list:
-        return list(MAILBOX_HEADER.unpack_from(self._view, self._base(slot)))
+        return list(MAILBOX_HEADER.unpack_from(self._view, self._bases[slot]))
 
     def _put_header(self, slot: int, header: list) -> None:
         # Pack, then one copy.  pack_into zero-fills the header before writing its
         # fields, so a worker killed inside it (SIGKILL) left another client's
         # mailbox with generation 0 and closed: every later post was GONE.
-        base = self._base(slot)
+        base = self._bases[slot]
         self._view[base : base + MAILBOX_HEADER_SIZE] = MAILBOX_HEADER.pack(*header)
 
     # Header fields, by position in MAILBOX_HEADER.
     HEAD, TAIL, DELIVERED, GENERATION, COUNT, FULL_EVENTS, OPEN, WAITERS = range(8)
 
     def _ring_write(self, slot: int, position: int, data: bytes) -> None:
-        start = self._base(slot) + MAILBOX_HEADER_SIZE
+        start = self._bases[slot] + MAILBOX_HEADER_SIZE
         offset = position % self.mailbox_bytes
         first = min(len(data), self.mailbox_bytes - offset)
         self._view[start + offset : start + offset + first] = data[:first]
@@ -190,7 +187,7 @@ class MessageTable:
             self._view[start : start + len(data) - first] = data[first:]
 
     def _ring_read(self, slot: int, position: int, length: int) -> bytes:
-        start = self._base(slot) + MAILBOX_HEADER_SIZE
+        start = self._bases[slot] + MAILBOX_HEADER_SIZE
         offset = position % self.mailbox_bytes
         first = min(length, self.mailbox_bytes - offset)
         data = bytes(self._view[start + offset : start + offset + first])
@@ -208,7 +205,7 @@ class MessageTable:
     def close(self, slot: int, generation: int) -> tuple[list[Record], list[int]]:
         """Close a departed client's mailbox; return its unread mail and its waiters."""
         view = self._view
-        base = self._base(slot)
+        base = self._bases[slot]
         with self.lock.held():
             gen = _U32.unpack_from(view, base + layout.MAILBOX_GENERATION_OFFSET)[0]
             if gen != generation or not view[base + layout.MAILBOX_OPEN_OFFSET]:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from shm import layout
+
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 10.0
 
@@ -53,6 +55,16 @@ def sysv_objects() -> set[tuple[str, int, int]]:
     return found
 
 
+def port_objects(port: int) -> set[tuple[str, int, int]]:
+    """(kind, key, id) of the shmchat segments and semaphores keyed by ``port``."""
+    return {o for o in sysv_objects() if _port_of(o[1]) == port}
+
+
+def _port_of(key: int) -> int | None:
+    parsed = layout.split_key(key)
+    return parsed[0] if parsed else None
+
+
 #: Ports of the servers this test process started (for SHMCHAT_TEST_SHARED_MACHINE).
 STARTED_PORTS: set[int] = set()
 
@@ -66,7 +78,7 @@ def _visible(objects: set[tuple[str, int, int]]) -> set[tuple[str, int, int]]:
     """
     if not os.environ.get("SHMCHAT_TEST_SHARED_MACHINE"):
         return objects
-    return {o for o in objects if (o[1] >> 20) == 0x5C4 and ((o[1] >> 4) & 0xFFFF) in STARTED_PORTS}
+    return {o for o in objects if _port_of(o[1]) in STARTED_PORTS}
 
 
 @pytest.fixture(autouse=True)

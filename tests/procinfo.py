@@ -15,6 +15,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+from conftest import port_objects  # noqa: F401  (the fault tests import it from here)
+
 from shm.segments import ServerIpc
 
 
@@ -82,20 +84,6 @@ def worker_of(server, sock: socket.socket) -> int:
 def listening_addresses(port: int) -> list[str]:
     """Hex local addresses of the LISTEN sockets on ``port`` (0100007F is 127.0.0.1)."""
     return [row[1].rsplit(":", 1)[0] for row in _tcp_rows() if row[3] == "0A" and _port(row[1]) == port]
-
-
-def port_objects(port: int) -> set[tuple[str, int, int]]:
-    """(kind, key, id) of the shmchat segments and semaphores keyed by ``port``."""
-    found = set()
-    for kind, path in (("shm", "/proc/sysvipc/shm"), ("sem", "/proc/sysvipc/sem")):
-        with open(path) as table:
-            next(table)
-            for line in table:
-                fields = line.split()
-                key = int(fields[0]) & 0xFFFFFFFF
-                if key >> 20 == 0x5C4 and (key >> 4) & 0xFFFF == port:
-                    found.add((kind, key, int(fields[1])))
-    return found
 
 
 def ipcs_counts(objects: set[tuple[str, int, int]]) -> str:

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 
 import sysv_ipc
 from conftest import ROOT, TIMEOUT, RawClient, python_env, sysv_objects
+from procinfo import wait_until
 
 from shm import layout
 from shm.layout import IpcObject
@@ -44,17 +45,6 @@ def snapshot(port: int) -> dict:
     result = inspect(port, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
-
-
-def wait_for(predicate, timeout: float = TIMEOUT, what: str = "a condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def worker_pid(port: int, client_id: int) -> int:
@@ -109,7 +99,7 @@ def test_inspector_shows_clients_groups_and_waiting_mail(server, connect) -> Non
         a.send(f"/sendgroup {chat} to the group")
         c.send("/broadcast hello everyone")
         a.expect(rf"\[broadcast from {c.id}\] hello everyone")
-        data = wait_for(lambda: waiting_for(server.port, b.id, 3), what="three records waiting for b")
+        data = wait_until(lambda: waiting_for(server.port, b.id, 3), what="three records waiting for b")
         text = inspect(server.port).stdout
 
     # JSON: the tables as the clients made them.

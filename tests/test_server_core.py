@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, RawClient, ServerProcess, python_env, sysv_objects
+from conftest import ROOT, RawClient, ServerProcess, port_objects, python_env, sysv_objects
 
 ID = r"(\d{5})"
 
@@ -226,7 +226,7 @@ def test_restart_after_sigkill_reclaims_stale_objects(start_server, connect):
     connect(target=first)
     first.kill()
     time.sleep(0.3)  # the worker dies with its parent (PR_SET_PDEATHSIG)
-    leftovers = [o for o in sysv_objects() if (o[1] >> 20) == 0x5C4 and ((o[1] >> 4) & 0xFFFF) == port]
+    leftovers = port_objects(port)
     assert len(leftovers) == 5
     second = start_server("--port", str(port))  # start_server adds --port 0 first; the last one wins
     assert second.port == port
@@ -248,7 +248,7 @@ def _wait_for_log(server: ServerProcess, text: str, timeout: float = 5) -> str:
 def test_shm_cleanup_command_removes_a_dead_servers_objects(tmp_path):
     server = ServerProcess("--port", "0", spool=tmp_path / "spool")
     port = server.port
-    before_kill = [o for o in sysv_objects() if ((o[1] >> 4) & 0xFFFF) == port and (o[1] >> 20) == 0x5C4]
+    before_kill = port_objects(port)
     assert len(before_kill) == 5
     result = subprocess.run(
         [sys.executable, "-m", "shm", "cleanup", "--port", str(port)],
@@ -265,7 +265,7 @@ def test_shm_cleanup_command_removes_a_dead_servers_objects(tmp_path):
     )
     assert result.returncode == 0
     assert result.stdout.count("removed") == 5
-    assert not [o for o in sysv_objects() if ((o[1] >> 4) & 0xFFFF) == port and (o[1] >> 20) == 0x5C4]
+    assert not port_objects(port)
 
 
 def test_line_mode_client_prints_lines_and_eof_means_quit(server, line_client, connect):

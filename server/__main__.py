@@ -38,6 +38,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--spool-dir", default=None, help="folder for files in transit (default: a private temp folder)"
     )
     parser.add_argument(
+        "--lesson-hooks",
+        action="store_true",
+        help="enable the lesson hooks (/holdlock): for classroom lessons and tests only",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -69,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         max_groups=args.max_groups,
         max_file_size=args.max_file_size,
         spool_dir=args.spool_dir,
+        lesson_hooks=args.lesson_hooks,
     )
     return run(config)
 

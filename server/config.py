@@ -28,6 +28,15 @@ class ServerConfig:
     spool_dir: str | None = None
     #: Seconds a worker gets to say goodbye at shutdown before it is killed.
     shutdown_grace: float = 3.0
+    #: Seconds a leaving worker waits for room for its last posts before it
+    #: reports them discarded (kept under shutdown_grace).
+    leave_grace: float = 1.5
+    #: Seconds the parent waits for a table lock before it kills the holder
+    #: (a worker stopped with SIGSTOP while holding it, say); SEM_UNDO then
+    #: hands the lock back.
+    lock_patience: float = 2.0
+    #: Enable the lesson hooks (``/holdlock``): for lessons and tests only.
+    lesson_hooks: bool = False
 
     def spool_path(self, port: int) -> str:
         if self.spool_dir:

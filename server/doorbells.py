@@ -16,10 +16,20 @@ from __future__ import annotations
 
 import os
 
+from shm import faults
+
+_eventfd = faults.wrap("eventfd", os.eventfd)
+
 
 class Doorbells:
     def __init__(self, count: int) -> None:
-        self._fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(count)]
+        self._fds: list[int] = []
+        try:
+            for _ in range(count):
+                self._fds.append(_eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))  # eventfd(2)
+        except OSError:
+            self.close()  # EMFILE halfway: close the ones made, and say why
+            raise
 
     def fileno(self, slot: int) -> int:
         return self._fds[slot]
@@ -27,14 +37,14 @@ class Doorbells:
     def ring(self, slot: int) -> None:
         """Wake the worker of ``slot``.  Never blocks."""
         try:
-            os.eventfd_write(self._fds[slot], 1)
+            os.eventfd_write(self._fds[slot], 1)  # write(2) of 1 to the slot's eventfd
         except BlockingIOError:
             pass  # the counter is saturated: the worker is certainly awake
 
     def clear(self, slot: int) -> None:
         """Consume the rings of ``slot`` (its worker does this before taking mail)."""
         try:
-            os.eventfd_read(self._fds[slot])
+            os.eventfd_read(self._fds[slot])  # read(2): returns the count and resets it
         except BlockingIOError:
             pass
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from protocol import commands, replies
 from protocol.commands import (
@@ -29,6 +28,7 @@ from protocol.commands import (
     Send,
     SendGroup,
 )
+from server.outbox import OFFLINE, Delivery
 from shm.directory import ClientInfo, GroupChange, GroupError, GroupInfo
 from shm.layout import RecordKind
 from shm.mailboxes import Posting, Record
@@ -46,17 +46,6 @@ class Caller:
     client_id: int
 
 
-class Delivery(NamedTuple):
-    """A record for one mailbox, and what to tell the caller if its owner has left.
-
-    ``on_gone`` makes that line only when it is needed: building it for every
-    private message, to throw it away nearly always, cost more than the post.
-    """
-
-    posting: Posting
-    on_gone: Callable[[], str] | None = None
-
-
 @dataclass
 class Outcome:
     replies: list[str] = field(default_factory=list)
@@ -70,14 +59,14 @@ def deliver(
     sender: Caller | None,
     text: str,
     group_id: int = 0,
-    on_gone: Callable[[], str] | None = None,
+    on_gone: Callable[[str], str | None] | None = None,
 ) -> Delivery:
     """Build the delivery of one text record to one client."""
     if sender is None:
         record = Record(kind, SERVER_SLOT, 0, group_id, text.encode("utf-8"))
     else:
         record = Record(kind, sender.slot, sender.client_id, group_id, text.encode("utf-8"))
-    return Delivery(Posting(to.slot, to.generation, record), on_gone)
+    return Delivery(Posting(to.slot, to.generation, record), on_gone, to.client_id)
 
 
 def notices(recipients: Iterable[ClientInfo], line: str) -> list[Delivery]:
@@ -127,7 +116,11 @@ def handle_send(caller: Caller, request: Send, ipc: ServerIpc) -> Outcome:
                 RecordKind.PRIVATE,
                 caller,
                 request.text,
-                on_gone=lambda: replies.error(f"client {target_id} disconnected; message discarded"),
+                on_gone=lambda why: replies.error(
+                    f"client {target_id} disconnected; message discarded"
+                    if why == OFFLINE
+                    else f"message to {target_id} discarded: {why}"
+                ),
             )
         ]
     )

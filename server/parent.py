@@ -25,6 +25,7 @@ added.  The order of events is what makes it dependable:
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import os
@@ -42,17 +43,47 @@ from protocol.framing import encode_line
 from server import handlers
 from server.config import ServerConfig
 from server.doorbells import Doorbells
-from server.handlers import Caller, Delivery
-from server.transfers import Spool, decode_file_notice, encode_file_result
+from server.handlers import Caller
+from server.outbox import Delivery, Outbox
+from server.spool import Spool, SpoolInUse, decode_file_notice, encode_file_result
 from server.worker import WorkerExit, run_worker
+from shm import faults
 from shm.layout import RecordKind
-from shm.mailboxes import Posting, PostResult, Record
+from shm.mailboxes import Posting, Record
 from shm.segments import IpcInUse, ServerIpc
 
 log = logging.getLogger(__name__)
 
 #: While notices wait for room in a full mailbox, the loop retries this often.
 RETRY_SECONDS = 0.05
+#: accept() errors that mean "no resources now" (descriptors, buffers, memory).
+OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+#: How long the listener is left unwatched when even the reserve could not help.
+ACCEPT_PAUSE = 1.0
+#: What a newcomer is told when the server cannot make it a worker.
+NO_WORKER = "the server cannot start a worker for you right now; try again later"
+NO_DESCRIPTORS = "the server has no file descriptors left for you right now; try again later"
+
+_fork = faults.wrap("fork", os.fork)
+
+
+class Throttled:
+    """A log line that is written at most once a second, with a count of the ones held back."""
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+        self._last = -1.0
+        self._held = 0
+
+    def __call__(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < 1.0:
+            self._held += 1
+            return
+        if self._held:
+            message += f" (and {self._held} more like it in the last second)"
+        self._last, self._held = now, 0
+        log.log(self.level, message, *args)
 
 
 @dataclass(frozen=True)
@@ -85,38 +116,63 @@ class ChatServer:
         self.config = config
         self.children: dict[int, Child] = {}
         self.stopping = False
-        self.pending: list[Delivery] = []
+        self.outbox: Outbox | None = None
         self.listener: socket.socket | None = None
+        self._accept = None  # listener.accept, through the fault-injection wrapper
         self.ipc: ServerIpc | None = None
         self.doorbells: Doorbells | None = None
         self.spool: Spool | None = None
         self.selector = selectors.DefaultSelector()
         self._wake_r = self._wake_w = -1
+        # A descriptor kept in reserve: closed to accept-and-refuse one client
+        # when accept() fails with EMFILE (the libev/libuv trick), then reopened.
+        self._reserve_fd = -1
+        self._listener_paused_until = 0.0
+        self._accept_failed = Throttled(logging.ERROR)
+        self._fork_failed = Throttled(logging.ERROR)
 
     # -- start ---------------------------------------------------------------
 
     def start(self) -> tuple[str, int]:
-        """Bind and create every IPC object; return the address listened on."""
+        """Bind and create every IPC object; return the address listened on.
+
+        Raises StartupError; whatever was made by then is removed by
+        ``shutdown``, which ``run`` calls either way.
+        """
         cfg = self.config
         try:
             listener = socket.create_server((cfg.host, cfg.port), backlog=128, reuse_port=False)
         except OSError as exc:
             raise StartupError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from exc
         self.listener = listener
+        self._accept = faults.wrap("accept", listener.accept)
         listener.setblocking(False)
         host, port = listener.getsockname()[:2]
         try:
             self.ipc = ServerIpc.create(port, cfg.max_clients, cfg.max_groups, cfg.mailbox_bytes)
         except (IpcInUse, sysv_ipc.Error, OSError) as exc:
             raise StartupError(f"cannot create the shared memory for port {port}: {exc}") from exc
-        self.doorbells = Doorbells(cfg.max_clients)
+        for lock in self.ipc.locks.values():
+            lock.patience = cfg.lock_patience  # never wait for ever on a stopped worker
+            lock.on_stuck = self._break_stall
+        try:
+            self.doorbells = Doorbells(cfg.max_clients)
+        except OSError as exc:
+            raise StartupError(f"cannot create the doorbells (eventfd): {exc.strerror or exc}") from exc
+        self.outbox = Outbox(self.ipc.messages, self.doorbells)
         spool = Spool(cfg.spool_path(port))
         try:
             spool.reset()
+        except SpoolInUse as exc:
+            raise StartupError(f"cannot use the spool folder {spool.path}: {exc.strerror}") from exc
         except OSError as exc:  # never clean up a folder we refused to use
             raise StartupError(f"cannot use the spool folder {spool.path}: {exc.strerror or exc}") from exc
         self.spool = spool
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self._reserve_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StartupError(f"cannot open a descriptor: {exc.strerror or exc}") from exc
         signal.set_wakeup_fd(self._wake_w)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGTERM, self._on_stop_signal)
@@ -133,16 +189,25 @@ class ChatServer:
     def serve_forever(self) -> None:
         try:
             while not self.stopping:
-                timeout = RETRY_SECONDS if self.pending else None
-                for key, _ in self.selector.select(timeout):
+                for key, _ in self.selector.select(self._timeout()):
                     if key.data == "signal":
                         self._drain_wakeups()
                     elif not self.stopping:
                         self.accept_all()
                 self.reap()
                 self.post_pending()
+                self._resume_listener()
         finally:
             self.shutdown()
+
+    def _timeout(self) -> float | None:
+        """How long the loop may sleep: for ever, unless notices or a paused listener wait."""
+        timeouts = []
+        if self.outbox is not None and self.outbox.pending:
+            timeouts.append(RETRY_SECONDS)
+        if self._listener_paused_until:
+            timeouts.append(max(0.0, self._listener_paused_until - time.monotonic()))
+        return min(timeouts) if timeouts else None
 
     def _drain_wakeups(self) -> None:
         try:
@@ -152,27 +217,70 @@ class ChatServer:
             pass
 
     def accept_all(self) -> None:
-        assert self.listener is not None and self.ipc is not None
+        assert self.listener is not None and self.ipc is not None and self._accept is not None
         while True:
             try:
-                conn, addr = self.listener.accept()
+                conn, addr = self._accept()  # accept4(2)
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE and friends: log, keep serving
-                log.error("accept failed: %s", exc)
-                return
+            except OSError as exc:
+                if exc.errno in OUT_OF_RESOURCES:
+                    self._out_of_resources(exc)
+                    return
+                # ECONNABORTED, EPROTO...: that one connection is gone; the next may be fine.
+                log.info("accept failed: %s", exc)
+                continue
             info = self.ipc.directory.claim_slot(addr[0], addr[1])
             if info is None:
                 log.info("refused %s:%d: all %d slots in use", addr[0], addr[1], self.config.max_clients)
                 self.refuse(conn)
                 continue
             self.spawn(conn, Caller(info.slot, info.generation, info.client_id))
-            log.info("client %d connected from %s:%d (slot %d)", info.client_id, addr[0], addr[1], info.slot)
 
-    def refuse(self, conn: socket.socket) -> None:
+    def _out_of_resources(self, exc: OSError) -> None:
+        """accept() cannot get a descriptor (or memory): refuse one newcomer, never spin.
+
+        The waiting connection keeps the listener readable, so simply going
+        back to ``select`` would wake at once, for ever, at full CPU.  With a
+        descriptor in reserve, give it up for a moment, accept the newcomer on
+        it, tell it why it cannot stay, and take the reserve back.  If that is
+        not possible either, stop watching the listener for a second.
+        """
+        self._accept_failed("accept failed: %s; refusing newcomers until resources free up", exc)
+        assert self.listener is not None
+        if exc.errno == errno.EMFILE and self._reserve_fd >= 0:
+            os.close(self._reserve_fd)
+            self._reserve_fd = -1
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                conn = None
+            if conn is not None:
+                self.refuse(conn, replies.error(NO_DESCRIPTORS))
+            try:
+                self._reserve_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                pass  # taken by someone else meanwhile: the pause below covers it
+            if conn is not None and self._reserve_fd >= 0:
+                return
+        self.selector.unregister(self.listener)
+        self._listener_paused_until = time.monotonic() + ACCEPT_PAUSE
+
+    def _resume_listener(self) -> None:
+        if self._listener_paused_until and time.monotonic() >= self._listener_paused_until:
+            self._listener_paused_until = 0.0
+            if self.listener is not None:
+                self.selector.register(self.listener, selectors.EVENT_READ, "accept")
+            if self._reserve_fd < 0:
+                try:
+                    self._reserve_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    pass
+
+    def refuse(self, conn: socket.socket, line: str = replies.CONNECTION_LIMIT) -> None:
         conn.setblocking(False)
         try:
-            conn.send(encode_line(replies.CONNECTION_LIMIT))
+            conn.send(encode_line(line))
             conn.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
@@ -180,17 +288,24 @@ class ChatServer:
 
     def spawn(self, conn: socket.socket, caller: Caller) -> None:
         assert self.ipc is not None and self.doorbells is not None and self.spool is not None
+        assert self.outbox is not None
         self.ipc.messages.open(caller.slot, caller.generation)
-        # Announce the newcomer before the fork, so it cannot see its own arrival.
-        others = [c for c in self.ipc.directory.online() if c.client_id != caller.client_id]
-        self.pending += handlers.notices(others, replies.joined(caller.client_id))
         gc.freeze()  # keep the inherited heap shared: the child will not dirty it by collecting
         parent_pid = os.getpid()
-        pid = os.fork()
+        try:
+            pid = _fork()  # fork(2): the worker starts here, with every attachment inherited
+        except OSError as exc:  # EAGAIN (a process limit), ENOMEM
+            self._fork_failed("cannot fork a worker for client %d: %s", caller.client_id, exc)
+            self.ipc.messages.close(caller.slot, caller.generation)
+            self.ipc.directory.release_slot(caller.slot, caller.generation)
+            self.refuse(conn, replies.error(NO_WORKER))
+            return
         if pid == 0:
             signal.set_wakeup_fd(-1)
             os.close(self._wake_r)
             os.close(self._wake_w)
+            if self._reserve_fd >= 0:
+                os.close(self._reserve_fd)
             self.selector.close()
             assert self.listener is not None
             self.listener.close()
@@ -198,7 +313,33 @@ class ChatServer:
         conn.close()
         self.ipc.directory.set_worker_pid(caller.slot, caller.generation, pid)
         self.children[pid] = Child(pid, caller)
+        log.info("client %d connected (slot %d, worker %d)", caller.client_id, caller.slot, pid)
+        # Announced once its worker exists: a newcomer that could not be given
+        # one never arrived.  Its own mailbox does not get the notice.
+        others = [c for c in self.ipc.directory.online() if c.client_id != caller.client_id]
+        self.outbox.add(handlers.notices(others, replies.joined(caller.client_id)))
         self.post_pending()
+
+    def _break_stall(self, holder: int) -> None:
+        """A table lock has been held past the parent's patience: kill its holder.
+
+        SIGKILL works on a stopped process too; the kernel's SEM_UNDO then
+        gives the lock back, and the reaper tells everyone the client left.
+        """
+        child = self.children.get(holder)
+        if child is None:
+            log.error("a table lock is held by pid %d, which is no worker of this server; waiting on", holder)
+            return
+        log.error(
+            "worker %d (client %d) has held a table lock for %.1f s (stopped?); killing it",
+            holder,
+            child.caller.client_id,
+            self.config.lock_patience,
+        )
+        try:
+            os.kill(holder, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     # -- departures ---------------------------------------------------------------------
 
@@ -232,12 +373,13 @@ class ChatServer:
             return
         self.bounce(caller.client_id, unread, transfers)
         if how is not None:
-            self.pending += handlers.departure_notices(caller.client_id, how, changes, self.ipc)
+            assert self.outbox is not None
+            self.outbox.add(handlers.departure_notices(caller.client_id, how, changes, self.ipc))
         self.post_pending()
 
     def bounce(self, gone_id: int, unread: list[Record], transfers: list[str]) -> None:
         """Tell senders that what they sent to a departed client was discarded."""
-        assert self.ipc is not None
+        assert self.ipc is not None and self.outbox is not None
         online = self.ipc.directory.online_by_id()
         names = {}
         for record in unread:
@@ -248,7 +390,7 @@ class ChatServer:
                 continue
             sender = online[record.sender_id]
             bounce = Record(RecordKind.BOUNCE, handlers.SERVER_SLOT, gone_id, 0, record.payload)
-            self.pending.append(Delivery(Posting(sender.slot, sender.generation, bounce)))
+            self.outbox.add([Delivery(Posting(sender.slot, sender.generation, bounce))])
         for transfer in transfers:
             sender_id = int(transfer.split("-")[0])
             if sender_id not in online:
@@ -256,21 +398,12 @@ class ChatServer:
             sender = online[sender_id]
             payload = encode_file_result(transfer, names.get(transfer, ""), gone_id, "it went offline")
             result = Record(RecordKind.FILE_RESULT, handlers.SERVER_SLOT, 0, 0, payload)
-            self.pending.append(Delivery(Posting(sender.slot, sender.generation, result)))
+            self.outbox.add([Delivery(Posting(sender.slot, sender.generation, result))])
 
     def post_pending(self) -> None:
         """Post the parent's notices; what finds a full mailbox is retried soon."""
-        if not self.pending or self.ipc is None:
-            return
-        assert self.doorbells is not None
-        results = self.ipc.messages.post([d.posting for d in self.pending])
-        keep = []
-        for delivery, result in zip(self.pending, results, strict=True):
-            if result is PostResult.DELIVERED:
-                self.doorbells.ring(delivery.posting.slot)
-            elif result is PostResult.FULL:
-                keep.append(delivery)
-        self.pending = keep
+        if self.outbox is not None:
+            self.outbox.flush()  # the parent's records have no one to report a GONE to
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -284,19 +417,21 @@ class ChatServer:
                 pass
             self.listener.close()
             self.listener = None
-        if self.ipc is not None and self.doorbells is not None:
+        if self.outbox is not None:
+            # A goodbye that finds a full mailbox (its worker lags) is retried
+            # until the grace period ends: only then is a worker killed.
             goodbye = Record(RecordKind.SHUTDOWN, handlers.SERVER_SLOT, 0, 0, b"")
-            postings = [Posting(c.caller.slot, c.caller.generation, goodbye) for c in self.children.values()]
-            for posting, result in zip(postings, self.ipc.messages.post(postings), strict=True):
-                if result is PostResult.DELIVERED:
-                    self.doorbells.ring(posting.slot)
-                else:
-                    self._kill(posting.slot)
+            self.outbox.pending.clear()  # notices for people about to be told goodbye
+            self.outbox.add(
+                Delivery(Posting(c.caller.slot, c.caller.generation, goodbye)) for c in self.children.values()
+            )
         deadline = time.monotonic() + self.config.shutdown_grace
         while self.children and time.monotonic() < deadline:
+            self.post_pending()
             self.reap()
             if self.children:
-                self.selector.select(max(0.0, min(0.1, deadline - time.monotonic())))
+                pause = RETRY_SECONDS if self.outbox is not None and self.outbox.pending else 0.1
+                self.selector.select(max(0.0, min(pause, deadline - time.monotonic())))
                 self._drain_wakeups()
         for pid in list(self.children):
             log.warning("worker %d did not exit in time; killing it", pid)
@@ -320,19 +455,11 @@ class ChatServer:
             self.spool.remove()
             self.spool = None
         signal.set_wakeup_fd(-1)
-        for fd in (self._wake_r, self._wake_w):
+        for fd in (self._wake_r, self._wake_w, self._reserve_fd):
             if fd >= 0:
                 os.close(fd)
-        self._wake_r = self._wake_w = -1
+        self._wake_r = self._wake_w = self._reserve_fd = -1
         self.selector.close()
-
-    def _kill(self, slot: int) -> None:
-        for child in self.children.values():
-            if child.caller.slot == slot:
-                try:
-                    os.kill(child.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
 
 def run(config: ServerConfig) -> int:

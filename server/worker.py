@@ -3,23 +3,26 @@
 A worker waits, without polling, for two file descriptors: its client's
 socket and its own doorbell.  From the socket it reads bytes, frames them
 into lines (``protocol.framing``), parses commands (``protocol.commands``),
-runs a handler (``server.handlers``) and posts the resulting records into
-other clients' mailboxes, all lines of one read in one batch under one lock,
-with one ring per receiver.  When its doorbell rings it takes its own mail
-from the message table, renders it and writes it to its socket.
+runs a handler (``server.handlers``) and hands the resulting records to its
+outbox (``server.outbox``), which posts all lines of one read in one batch
+under one lock, with one ring per receiver.  When its doorbell rings it takes
+its own mail from the message table, renders it and writes it to its socket.
+Files have rooms of their own: ``server.uploads`` (from this client to the
+spool) and ``server.downloads`` (from the spool to this client).
 
 Flow control, so that nobody can stall anybody else:
 
 * Output to the client goes through a buffer.  Past ``output_limit`` unread
   bytes the client is disconnected with a logged reason.
-* A post into a full mailbox is kept, in order, in ``pending`` and retried
-  when the receiver rings back; meanwhile this worker stops reading its own
-  socket, so a flooding sender is slowed by TCP, not by dropping messages.
-* File bodies are streamed from the spool a chunk at a time, only while the
-  output buffer is nearly empty, so memory stays flat whatever the size.
+* While the outbox holds posts that found a full mailbox, this worker stops
+  reading its own socket, so a flooding sender is slowed by TCP, not by
+  dropping messages.
+* A leaving worker gives its pending posts ``leave_grace`` seconds to find
+  room, and reports what is still undelivered then, before its goodbye.
 
-The worker never returns to the parent's code: ``run`` ends in ``os._exit``
-with a status from ``WorkerExit`` that tells the parent how the client left.
+The worker never returns to the parent's code: ``run_worker`` ends in
+``os._exit`` with a status from ``WorkerExit`` that tells the parent how the
+client left.
 """
 
 from __future__ import annotations
@@ -33,32 +36,25 @@ import select
 import signal
 import socket
 import time
-from collections import deque
 from collections.abc import Callable
 from enum import IntEnum
-from functools import partial
-from itertools import count
+
+import sysv_ipc
 
 from protocol import commands, replies
 from protocol.commands import CommandError, DataFrame, SendFile, StreamError
 from protocol.framing import NEED_DATA, BadLine, Data, DataEnd, Line, LineFramer, encode_line, queue_unsent
-from server import handlers
+from server import handlers, lessons
 from server.config import ServerConfig
 from server.doorbells import Doorbells
-from server.handlers import Caller, Delivery
-from server.transfers import (
-    CHUNK_BYTES,
-    Download,
-    Spool,
-    Upload,
-    decode_file_notice,
-    decode_file_result,
-    encode_file_notice,
-    encode_file_result,
-)
-from shm.directory import ClientInfo, GroupInfo
+from server.downloads import Downloads
+from server.handlers import Caller, Outcome
+from server.outbox import Outbox
+from server.spool import Spool, decode_file_result
+from server.uploads import Uploads
+from shm import faults
 from shm.layout import RecordKind
-from shm.mailboxes import Posting, PostResult, Record
+from shm.mailboxes import Record
 from shm.segments import ServerIpc
 
 log = logging.getLogger(__name__)
@@ -68,12 +64,8 @@ RECV_BYTES = 256 * 1024
 FRAME_HEADER_READ = 64
 #: Seconds between updates of the slot's message counters in the client table.
 COUNT_INTERVAL = 1.0
-#: Below this much unsent output, the next file chunk is read from the spool.
-STREAM_LOW_WATER = 128 * 1024
-#: Chunks stream_files may send straight to the socket before the loop's next turn.
-STREAM_DIRECT_CHUNKS = 4
-#: Uploads one client may have in progress at once (each holds a spool file open).
-MAX_OPEN_UPLOADS = 8
+#: Posts pending before the outbox is flushed in the middle of a long read.
+FLUSH_BATCH = 256
 PR_SET_PDEATHSIG = 1
 
 
@@ -86,6 +78,7 @@ class WorkerExit(IntEnum):
     SHUTDOWN = 5  # the server is going down
     PROTOCOL_ERROR = 6  # the byte stream could not be followed any more
     CRASHED = 7  # an unexpected exception (a bug): logged with its traceback
+    TABLES_LOST = 8  # a semaphore operation failed: the shared tables cannot be used
 
 
 def _find_prctl() -> Callable[..., int] | None:
@@ -103,9 +96,14 @@ _prctl = _find_prctl()
 def die_with_parent(parent_pid: int) -> None:
     """Ask the kernel to kill this process when its parent dies (Linux prctl)."""
     if _prctl is not None:
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # prctl(2)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(WorkerExit.SHUTDOWN)
+
+
+def _discarded(receiver: int, count: int) -> str:
+    what = "a message" if count == 1 else f"{count} messages"
+    return replies.error(f"{what} to {receiver} discarded: its mailbox stayed full while you were leaving")
 
 
 class Worker:
@@ -122,36 +120,54 @@ class Worker:
         self.sock = sock
         self.ipc = ipc
         self.doorbells = doorbells
-        self.spool = spool
         self.config = config
         self.framer = LineFramer()
         self.out = bytearray()
-        self.pending: deque[Delivery] = deque()
-        self.blocked = False  # pending posts found a full mailbox: wait for room
+        self.outbox = Outbox(ipc.messages, doorbells)
+        self.uploads = Uploads(caller, ipc.directory, spool, config.max_file_size)
+        self.downloads = Downloads(caller, ipc.directory)
         self.exit: WorkerExit | None = None
-        self.sent = self.received = 0
-        self.uploads: dict[str, Upload] = {}
-        self.frame_upload: Upload | None = None  # the upload the current raw run belongs to
+        self.farewell: list[str] = []  # the goodbye, said once everything before it is settled
+        self.received = 0
         # Bytes of the current data frame still in the socket: read straight into
         # the upload (no framer copy) by read_socket.  See start_frame.
         self.frame_direct = 0
         self.frame_ended = False  # a frame just ended: the next read is a small one
-        self._file_view: memoryview | None = None  # chunks of downloads are read into it
         # Reused for every read.  An anonymous mapping, not a bytearray: its pages
         # stay untouched (not resident) until a read that large actually comes.
         self._recv_buffer = mmap.mmap(-1, RECV_BYTES)
         self._recv_view = memoryview(self._recv_buffer)
-        self.downloads: deque[Download] = deque()
-        self._transfer_numbers = count(1)
+        # The socket calls the fault-injection tests can make fail (shm.faults);
+        # without SHMCHAT_FAULTS these are the socket's own bound methods.
+        self._recv_into = faults.wrap("recv", sock.recv_into)
+        self._send = faults.wrap("send", sock.send)
+        self._sendmsg = faults.wrap("send", sock.sendmsg)
         # epoll itself rather than ``selectors``: the loop turns once or twice per
         # message, and the selectors layer above epoll cost about a microsecond a turn.
         self.poller = select.epoll()
         self._interest = select.EPOLLIN  # what the socket is registered for (0: not at all)
         self._counted_at = 0.0
+        self._counted_sent = 0
 
     # -- the loop ----------------------------------------------------------------
 
     def run(self) -> WorkerExit:
+        try:
+            self.serve()
+            self.finish()
+        except sysv_ipc.Error as exc:
+            # A semaphore operation failed (the objects were removed, or refused
+            # us): the tables cannot be touched again, not even to say goodbye
+            # through them.  Exiting gives back, through SEM_UNDO, any lock held.
+            log.error("client %d: the shared tables failed: %s; closing", self.caller.client_id, exc)
+            self.say(replies.bye("the server lost its shared tables; closing the connection"))
+            self.exit = WorkerExit.TABLES_LOST
+            self.send_rest()
+            self.close_socket()
+        assert self.exit is not None
+        return self.exit
+
+    def serve(self) -> None:
         self.sock.setblocking(False)
         bell = self.doorbells.fileno(self.caller.slot)
         self.poller.register(self.sock, select.EPOLLIN)
@@ -161,31 +177,29 @@ class Worker:
         self.take_mail()
         while self.exit is None:
             self.update_interest()
-            for fd, events in self.poller.poll():
+            for fd, events in self.poller.poll():  # epoll_wait: sleeps until there is work
                 if fd == bell:
                     self.doorbells.clear(self.caller.slot)
                     self.take_mail()
-                    if self.blocked:  # the mailbox we were waiting for may have room now
-                        self.flush_pending()
+                    if self.outbox.blocked:  # the mailbox we were waiting for may have room now
+                        self.flush_outbox()
                 else:  # a hang-up or an error is reported to both, as selectors did
                     if events & (select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR):
                         self.write_some()
                     if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR) and self.exit is None:
                         self.read_socket()
             self.pump_output()
-            if self.framer.buffered and not self.blocked and self.exit is None:
+            if self.framer.buffered and not self.outbox.blocked and self.exit is None:
                 # The one place input resumes after a flush outside process_input
                 # (a doorbell, a finished download's result) found room again.
                 self.process_input()
             self.check_backlog()
             self.count_traffic()
-        self.finish()
-        return self.exit
 
     def update_interest(self) -> None:
         events = 0
         # Stop reading while posts are waiting for room: the sender slows down.
-        if not self.blocked:
+        if not self.outbox.blocked:
             events |= select.EPOLLIN
         if self.out or self.downloads:  # a download goes on as soon as the socket takes more
             events |= select.EPOLLOUT
@@ -213,7 +227,7 @@ class Worker:
             want = FRAME_HEADER_READ if self.frame_ended else RECV_BYTES
         self.frame_ended = False
         try:
-            size = self.sock.recv_into(self._recv_buffer, want)
+            size = self._recv_into(self._recv_buffer, want)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -225,11 +239,11 @@ class Worker:
             return
         if self.frame_direct:
             self.frame_direct -= size
-            self.upload_chunk(self._recv_view[:size])
+            self.apply(self.uploads.write(self._recv_view[:size]))
             if not self.frame_direct:
-                self.frame_upload = None
+                self.uploads.close_frame()
                 self.frame_ended = True
-            self.flush_pending()
+            self.flush_outbox()
             return
         self.framer.feed(self._recv_view[:size])
         self.process_input()
@@ -242,7 +256,7 @@ class Worker:
         """
         drained = False  # every complete line buffered has been handled
         while self.exit is None and not drained:
-            while self.exit is None and not self.blocked:
+            while self.exit is None and not self.outbox.blocked:
                 event = self.framer.next_event()
                 if event is NEED_DATA:
                     drained = True
@@ -252,15 +266,16 @@ class Worker:
                 elif isinstance(event, BadLine):
                     self.say(replies.error(event.reason))
                 elif isinstance(event, Data):
-                    self.upload_chunk(event.chunk)
+                    self.apply(self.uploads.write(event.chunk))
                 elif isinstance(event, DataEnd) and not self.frame_direct:  # else it goes on, from the socket
-                    self.frame_upload = None
-                self.flush_pending_if_large()
-            self.flush_pending()
+                    self.uploads.close_frame()
+                if len(self.outbox) >= FLUSH_BATCH:
+                    self.flush_outbox()
+            self.flush_outbox()
             # If that flush found room after all, the lines left behind must be
             # handled now: no doorbell will come for them, and the client may be
             # waiting for their answers before it sends anything else.
-            if self.blocked:
+            if self.outbox.blocked:
                 break
 
     def handle_line(self, line: str) -> None:
@@ -274,70 +289,72 @@ class Worker:
             self.exit = WorkerExit.PROTOCOL_ERROR
             return
         except CommandError as exc:
+            if self.config.lesson_hooks and lessons.is_hook(line):
+                lessons.run_hook(line, self.ipc, self.say)
+                return
             self.say(replies.error(str(exc)))
             return
         if isinstance(request, SendFile):
-            self.start_upload(request)
+            self.apply(self.uploads.start(request))
             return
         if isinstance(request, DataFrame):
             self.start_frame(request)
             return
         outcome = handlers.handle(self.caller, request, self.ipc)
-        for line_out in outcome.replies:
-            self.say(line_out)
-        self.pending.extend(outcome.deliveries)
         if outcome.quit:
+            # The goodbye waits until the posts before it are delivered or reported.
+            self.farewell = outcome.replies
+            self.outbox.add(outcome.deliveries)
             self.exit = WorkerExit.QUIT
+            return
+        self.apply(outcome)
+
+    def apply(self, outcome: Outcome) -> None:
+        """Say a handler's (or an upload's) replies and queue its deliveries."""
+        for line in outcome.replies:
+            self.say(line)
+        self.outbox.add(outcome.deliveries)
+
+    def start_frame(self, frame: DataFrame) -> None:
+        # What the framer already holds goes through it; the rest of the frame is
+        # read from the socket straight into the upload (read_socket).
+        buffered = min(frame.size, self.framer.buffered)
+        self.framer.expect_raw(buffered)
+        self.frame_direct = frame.size - buffered
+        self.apply(self.uploads.open_frame(frame))
 
     # -- mail ------------------------------------------------------------------------
 
-    def flush_pending_if_large(self) -> None:
-        if len(self.pending) >= 256:
-            self.flush_pending()
-
-    def flush_pending(self) -> None:
-        """Post what is pending in one batch; keep what did not fit, in order."""
-        if not self.pending:
-            self.blocked = False
-            return
-        batch = list(self.pending)
-        results = self.ipc.messages.post([d.posting for d in batch])
-        self.pending.clear()
-        rung = set()
-        for delivery, result in zip(batch, results, strict=True):
-            if result is PostResult.DELIVERED:
-                self.sent += 1
-                rung.add(delivery.posting.slot)
-            elif result is PostResult.GONE:
-                if delivery.on_gone is not None:
-                    self.say(delivery.on_gone())
-                self.undeliverable(delivery.posting.record)
-            else:
-                self.pending.append(delivery)
-        for slot in rung:
-            self.doorbells.ring(slot)
-        self.blocked = bool(self.pending)
-
-    def undeliverable(self, record: Record) -> None:
-        """A FILE record whose receiver left before it could be posted."""
-        if record.kind is RecordKind.FILE:
-            _transfer, _size, _sha, link, _name = decode_file_notice(record.payload)
-            try:
-                os.unlink(link)
-            except FileNotFoundError:
-                pass
+    def flush_outbox(self) -> None:
+        for line in self.outbox.flush():
+            self.say(line)
 
     def take_mail(self) -> None:
         records, waiters = self.ipc.messages.take(self.caller.slot, self.caller.generation)
         for slot in waiters:
-            self.doorbells.ring(slot)
+            self.doorbells.ring(slot)  # they were waiting for room in this mailbox
         for record in records:
             self.received += 1
             self.render(record)
 
     def render(self, record: Record) -> None:
-        text = record.payload.decode("utf-8", "replace")
         kind = record.kind
+        if kind is RecordKind.FILE:
+            self.downloads.add(record)
+            return
+        if kind is RecordKind.SHUTDOWN:
+            self.say(replies.shutting_down())
+            self.exit = WorkerExit.SHUTDOWN
+            return
+        if kind is RecordKind.FILE_RESULT:
+            transfer, name, receiver, error = decode_file_result(record.payload)
+            label = f"file {transfer} '{name}'" if name else f"file {transfer}"  # the parent may not know it
+            if error is None:
+                self.say(replies.ok(f"{label} delivered to {receiver}"))
+            else:
+                self.say(replies.error(f"{label} not delivered to {receiver}: {error}"))
+            return
+        text = record.payload.decode("utf-8", "replace")
         if kind is RecordKind.PRIVATE:
             self.say(replies.private(record.sender_id, text))
         elif kind is RecordKind.BROADCAST:
@@ -348,158 +365,21 @@ class Worker:
             self.say(text)
         elif kind is RecordKind.BOUNCE:
             self.say(replies.bounced(record.sender_id, text))
-        elif kind is RecordKind.FILE:
-            transfer, size, sha256, link, name = decode_file_notice(record.payload)
-            self.downloads.append(
-                Download(
-                    transfer, record.sender_id, record.sender_slot, record.group_id, size, sha256, name, link
-                )
-            )
-        elif kind is RecordKind.FILE_RESULT:
-            transfer, name, receiver, error = decode_file_result(record.payload)
-            label = f"file {transfer} '{name}'" if name else f"file {transfer}"  # the parent may not know it
-            if error is None:
-                self.say(replies.ok(f"{label} delivered to {receiver}"))
-            else:
-                self.say(replies.error(f"{label} not delivered to {receiver}: {error}"))
-        elif kind is RecordKind.SHUTDOWN:
-            self.say(replies.shutting_down())
-            self.exit = WorkerExit.SHUTDOWN
 
-    # -- uploads (this client sends a file) -------------------------------------------------
+    # -- output ----------------------------------------------------------------------------
 
-    def start_upload(self, request: SendFile) -> None:
-        name = request.name
-        refusal = self.check_upload(request)
-        if isinstance(refusal, str):
-            self.say(replies.upload_refused(name, refusal))
-            return
-        transfer = f"{self.caller.client_id}-{next(self._transfer_numbers)}"
-        group_id = refusal.group_id if isinstance(refusal, GroupInfo) else 0
-        try:
-            upload = Upload(
-                transfer,
-                request.target,
-                group_id,
-                request.size,
-                request.sha256,
-                name,
-                self.spool.upload_path(self.caller.slot, self.caller.generation, transfer),
-            )
-        except OSError as exc:
-            log.warning("client %d: cannot spool an upload: %s", self.caller.client_id, exc)
-            self.say(replies.upload_refused(name, f"the server cannot store it now ({exc.strerror or exc})"))
-            return
-        self.uploads[transfer] = upload
-        self.say(replies.upload_ready(transfer, request.size, name))
-        if upload.complete:  # a 0-byte file has no data frames
-            self.finish_upload(upload)
+    @property
+    def backlog(self) -> int:
+        return len(self.out)
 
-    def check_upload(self, request: SendFile) -> str | ClientInfo | GroupInfo:
-        """The receiver of a proposed upload, or why it is refused."""
-        if len(self.uploads) >= MAX_OPEN_UPLOADS:
-            return f"{MAX_OPEN_UPLOADS} uploads are already in progress; send this one when one is done"
-        if request.size > self.config.max_file_size:
-            return f"{request.size} bytes is over the server's limit of {self.config.max_file_size} bytes"
-        if request.target == self.caller.client_id:
-            return "that is your own id"
-        target = self.ipc.directory.resolve(request.target)
-        if target is None:
-            return f"{request.target} is neither an online client nor a group"
-        if isinstance(target, GroupInfo):
-            if self.caller.client_id not in target.members:
-                return f"you are not a member of group {target.group_id}"
-            if len(target.members) < 2:
-                return f"you are the only member of group {target.group_id}"
-        return target
+    @property
+    def closed(self) -> bool:
+        return self.exit is not None
 
-    def start_frame(self, frame: DataFrame) -> None:
-        upload = self.uploads.get(frame.transfer)
-        # What the framer already holds goes through it; the rest of the frame is
-        # read from the socket straight into the upload (read_socket).
-        buffered = min(frame.size, self.framer.buffered)
-        self.framer.expect_raw(buffered)
-        self.frame_direct = frame.size - buffered
-        if upload is None:
-            self.frame_upload = None  # the bytes are skipped
-            self.say(
-                replies.error(f"/data: no upload {frame.transfer} in progress; {frame.size} bytes skipped")
-            )
-            return
-        self.frame_upload = upload
-
-    def upload_chunk(self, chunk: bytes) -> None:
-        upload = self.frame_upload
-        if upload is None or upload.transfer not in self.uploads:
-            return
-        try:
-            upload.write(chunk)
-        except (ValueError, OSError) as exc:
-            self.fail_upload(upload, str(exc))
-            self.frame_upload = None
-            return
-        if upload.complete:
-            self.finish_upload(upload)
-
-    def fail_upload(self, upload: Upload, reason: str) -> None:
-        upload.discard()
-        self.uploads.pop(upload.transfer, None)
-        self.say(
-            replies.error(f"file {upload.transfer} '{upload.name}' upload failed: {reason}; nothing was sent")
-        )
-
-    def finish_upload(self, upload: Upload) -> None:
-        """Check the upload, then link it once per receiver and post the notices."""
-        self.uploads.pop(upload.transfer, None)
-        problem = upload.finish()
-        if problem is not None:
-            upload.discard()
-            self.say(
-                replies.error(
-                    f"file {upload.transfer} '{upload.name}' upload failed: {problem}; nothing was sent"
-                )
-            )
-            return
-        online = self.ipc.directory.online_by_id()
-        if upload.group_id:
-            try:
-                group = self.ipc.directory.group_for_sender(upload.group_id, self.caller.client_id)
-            except Exception as exc:  # GroupError: the sender left the group meanwhile
-                upload.discard()
-                self.say(replies.error(f"file {upload.transfer} '{upload.name}' not sent: {exc}"))
-                return
-            receivers = [online[m] for m in group.members if m in online and m != self.caller.client_id]
-        else:
-            receivers = [online[upload.target]] if upload.target in online else []
-        names = []
-        for receiver in receivers:
-            link = self.spool.link_path(receiver.slot, receiver.generation, upload.transfer)
-            os.link(upload.path, link)
-            payload = encode_file_notice(upload.transfer, upload.size, upload.sha256, upload.name, link)
-            record = Record(
-                RecordKind.FILE, self.caller.slot, self.caller.client_id, upload.group_id, payload
-            )
-            gone = f"file {upload.transfer} '{upload.name}' not delivered to {receiver.client_id}: offline"
-            self.pending.append(
-                Delivery(Posting(receiver.slot, receiver.generation, record), partial(replies.error, gone))
-            )
-            names.append(str(receiver.client_id))
-        upload.discard()  # the receivers' links keep the data
-        if names:
-            self.say(
-                replies.ok(
-                    f"file {upload.transfer} '{upload.name}' uploaded ({upload.size} bytes); "
-                    f"delivering to {', '.join(names)}"
-                )
-            )
-        else:
-            self.say(
-                replies.error(
-                    f"file {upload.transfer} '{upload.name}' not sent: nobody to deliver it to is online"
-                )
-            )
-
-    # -- downloads (this client receives a file) ----------------------------------------
+    def say(self, line: str) -> None:
+        self.out += encode_line(line.replace("\n", " "))
+        if len(self.out) > 64 * 1024:
+            self.write_some()
 
     def pump_output(self) -> None:
         """Write what is queued now, and keep file streams moving while the socket takes it.
@@ -510,58 +390,19 @@ class Worker:
         and the client's commands get their turn during a long download.
         """
         for _ in range(16):
-            self.stream_files()
+            self.stream_downloads()
             if not self.out:
                 return
             self.write_some()
             if self.out or self.exit is not None:
                 return  # the socket is full: EPOLLOUT will bring the loop back
-        self.stream_files()
+        self.stream_downloads()
 
-    def stream_files(self) -> None:
-        """Queue the next chunk of the current download when the output is low.
-
-        A download whose last byte is queued ends (its link closed, the sender
-        told) only once the output has gone out: closing the last link of a big
-        file frees its pages, long enough to hold up those last bytes.
-        """
-        # After a few chunks straight to the socket, return: the loop watches for
-        # EPOLLOUT while a download is on (update_interest), so it comes straight
-        # back, and the doorbell and the client's commands get their turn.
-        direct = STREAM_DIRECT_CHUNKS
-        while self.downloads and self.exit is None:
-            download = self.downloads[0]
-            if download.started and download.complete:
-                if self.out:
-                    return
-                self.end_download(download, None)
-                continue
-            if len(self.out) >= STREAM_LOW_WATER or (direct <= 0 and not self.out):
-                return
-            try:
-                if not download.started:
-                    download.open()
-                    self.say(
-                        replies.file_header(
-                            download.transfer,
-                            download.sender_id,
-                            download.group_id,
-                            download.size,
-                            download.sha256,
-                            download.name,
-                        )
-                    )
-                    continue  # a 0-byte file is complete at once: it ends above
-                if self._file_view is None:  # made on first use: idle workers never touch it
-                    self._file_view = memoryview(mmap.mmap(-1, CHUNK_BYTES))
-                size = download.read_into(self._file_view)
-            except OSError as exc:
-                if download.started:
-                    self.say(replies.file_abort(download.transfer, "the server could not read the file"))
-                self.end_download(download, f"server error: {exc.strerror or exc}")
-                continue
-            direct -= 1
-            self.send_frame(encode_line(replies.data_frame(download.transfer, size)), self._file_view[:size])
+    def stream_downloads(self) -> None:
+        results = self.downloads.stream(self)
+        if results:
+            self.outbox.add(results)
+            self.flush_outbox()
 
     def send_frame(self, header: bytes, body: memoryview) -> None:
         """Queue one data frame: straight to the socket if nothing is queued before it.
@@ -572,7 +413,7 @@ class Worker:
         sent = 0
         if not self.out:
             try:
-                sent = self.sock.sendmsg([header, body])
+                sent = self._sendmsg([header, body])
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as exc:
@@ -580,31 +421,11 @@ class Worker:
                 return
         queue_unsent(self.out, header, body, sent)
 
-    def end_download(self, download: Download, error: str | None) -> None:
-        self.downloads.popleft()
-        download.close()
-        sender = self.ipc.directory.find_client(download.sender_id)
-        if sender is None:
-            return
-        payload = encode_file_result(download.transfer, download.name, self.caller.client_id, error)
-        record = Record(
-            RecordKind.FILE_RESULT, self.caller.slot, self.caller.client_id, download.group_id, payload
-        )
-        self.pending.append(Delivery(Posting(sender.slot, sender.generation, record)))
-        self.flush_pending()
-
-    # -- output ----------------------------------------------------------------------------
-
-    def say(self, line: str) -> None:
-        self.out += encode_line(line.replace("\n", " "))
-        if len(self.out) > 64 * 1024:
-            self.write_some()
-
     def write_some(self) -> None:
         if not self.out:
             return
         try:
-            sent = self.sock.send(self.out)
+            sent = self._send(self.out)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -636,36 +457,71 @@ class Worker:
         The counters are statistics for the inspector; taking the directory
         lock for them after every message cost more than the message itself.
         """
-        if not (self.sent or self.received):
+        sent = self.outbox.delivered - self._counted_sent
+        if not (sent or self.received):
             return
         now = time.monotonic()
         if not force and now - self._counted_at < COUNT_INTERVAL:
             return
         self._counted_at = now
-        self.ipc.directory.count_traffic(self.caller.slot, self.sent, self.received)
-        self.sent = self.received = 0
+        self.ipc.directory.count_traffic(self.caller.slot, sent, self.received)
+        self._counted_sent = self.outbox.delivered
+        self.received = 0
+
+    # -- leaving -------------------------------------------------------------------------
 
     def finish(self) -> None:
-        """Say goodbye within a short time, release files, close the socket."""
-        self.flush_pending()
-        for upload in list(self.uploads.values()):
-            upload.discard()
-        flushed = not self.out
-        if self.exit is not WorkerExit.TOO_SLOW and self.out:
-            try:
-                self.sock.settimeout(1.0)
-                self.sock.sendall(self.out)
-                flushed = True
-            except OSError:
-                pass
+        """Settle the outbox, say goodbye within a short time, release files, close."""
+        self.uploads.discard_all()
+        self.drain_outbox()
+        for line in self.farewell:
+            self.say(line)
+        flushed = not self.out or (self.exit is not WorkerExit.TOO_SLOW and self.send_rest())
         # Tell each sender whether its file arrived (closing removes the link the
         # parent would otherwise have found; it reports only for dead workers).
         # A file whose last bytes just went out above did arrive.
-        while self.downloads:
-            download = self.downloads[0]
-            done = flushed and download.started and download.complete
-            self.end_download(download, None if done else "it went offline")
+        self.outbox.add(self.downloads.end_all(flushed))
+        self.outbox.flush()  # best effort: a sender whose mailbox is full is told by nobody
         self.count_traffic(force=True)
+        self.close_socket()
+
+    def drain_outbox(self) -> None:
+        """Give pending posts ``leave_grace`` seconds to find room; report what is left.
+
+        The receivers ring this worker's doorbell when they have taken their
+        mail (it is among their waiters), or the parent does when a receiver
+        has left; meanwhile this worker still takes its own mail, so that
+        nobody waits on it in turn.
+        """
+        self.flush_outbox()
+        bell = self.doorbells.fileno(self.caller.slot)
+        deadline = time.monotonic() + self.config.leave_grace
+        while self.outbox.pending and (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([bell], [], [], left)  # the doorbell only: no spin on the socket
+            if ready:
+                self.doorbells.clear(self.caller.slot)
+                self.take_mail()
+                self.flush_outbox()
+        if self.outbox.pending:
+            log.info(
+                "client %d left with %d posts undelivered (mailboxes full)",
+                self.caller.client_id,
+                len(self.outbox),
+            )
+            for line in self.outbox.discard(_discarded):
+                self.say(line)
+
+    def send_rest(self) -> bool:
+        """Write what is queued, waiting at most a second; True if it all went."""
+        try:
+            self.sock.settimeout(1.0)
+            self.sock.sendall(self.out)
+        except OSError:
+            return False
+        self.out.clear()
+        return True
+
+    def close_socket(self) -> None:
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -685,10 +541,13 @@ def run_worker(
     """Entry point in the forked child; never returns."""
     status = WorkerExit.CRASHED
     try:
+        faults.enter_worker(caller.slot)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         die_with_parent(parent_pid)
+        for lock in ipc.locks.values():
+            lock.patience = None  # only the parent bounds its waits for a lock
         status = Worker(caller, sock, ipc, doorbells, spool, config).run()
     except BaseException:
         log.exception("worker of client %d crashed", caller.client_id)

@@ -13,14 +13,75 @@ Two properties matter more than speed here:
   wait is simply retried, as ``binary_sems.c`` retries on EINTR.
 
 The locks are not re-entrant and must never be taken in a signal handler.
+
+**Bounded waits.**  A holder that is stopped (SIGSTOP, a debugger) rather than
+killed keeps the lock, and everybody waiting for it waits too.  The parent
+must never wait forever: it sets ``patience`` on its handles, waits at most
+that long (``semtimedop``, through ctypes: the sysv_ipc wheel on Linux has no
+semaphore timeouts), then calls ``on_stuck`` with the holder's pid (the last
+pid to operate on the semaphore, which for a held lock is its holder).  The
+parent kills that worker; SEM_UNDO hands the lock back; the wait goes on.
+Workers wait without a bound: the parent is the one that breaks a stall.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import ctypes
+import errno
+import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import sysv_ipc
+
+from shm import faults
+
+
+def _sysv_error(code: int) -> BaseException:
+    """What sysv_ipc raises when semop fails with ``code`` (for shm.faults)."""
+    if code == errno.EINTR:
+        return sysv_ipc.Error("Signaled while waiting")
+    if code in (errno.EIDRM, errno.EINVAL):
+        return sysv_ipc.ExistentialError(f"the semaphore is gone ({os.strerror(code)})")
+    if code == errno.EACCES:
+        return sysv_ipc.PermissionsError("permission denied")
+    return sysv_ipc.Error(os.strerror(code))
+
+
+def _interrupted(exc: sysv_ipc.Error) -> bool:
+    """sysv_ipc reports EINTR as its base Error with this text, and nothing else so."""
+    return type(exc) is sysv_ipc.Error and str(exc).startswith("Signaled")
+
+
+_semget = faults.wrap("semget", sysv_ipc.Semaphore, _sysv_error)
+
+
+class _Sembuf(ctypes.Structure):
+    _fields_ = (("sem_num", ctypes.c_ushort), ("sem_op", ctypes.c_short), ("sem_flg", ctypes.c_short))
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_SEM_UNDO = 0x1000  # <sys/sem.h>
+
+
+def _timed_p(semid: int, seconds: float) -> bool:
+    """semop P with SEM_UNDO that gives up after ``seconds``; False on time-out."""
+    op = _Sembuf(0, -1, _SEM_UNDO)
+    whole = int(seconds)
+    limit = _Timespec(whole, int((seconds - whole) * 1e9))
+    while True:
+        faults.check("semop")
+        if _libc.semtimedop(semid, ctypes.byref(op), 1, ctypes.byref(limit)) == 0:
+            return True
+        code = ctypes.get_errno()
+        if code == errno.EAGAIN:
+            return False
+        if code != errno.EINTR:  # EINTR: a signal came (SIGCHLD); wait again
+            raise _sysv_error(code)
 
 
 class BinaryLock:
@@ -30,34 +91,57 @@ class BinaryLock:
         semaphore.undo = True
         semaphore.block = True
         self._sem = semaphore
+        # semop, through the fault-injection wrapper (the bound methods themselves
+        # unless a test set SHMCHAT_FAULTS).
+        self._acquire = faults.wrap("semop", semaphore.acquire, _sysv_error)
+        self._release = faults.wrap("semop", semaphore.release, _sysv_error)
+        #: Seconds to wait before calling ``on_stuck`` (None: wait for ever).
+        self.patience: float | None = None
+        #: Called with the holder's pid when ``patience`` runs out.
+        self.on_stuck: Callable[[int], None] | None = None
 
     # The four verbs ------------------------------------------------------
 
     @classmethod
     def create_available(cls, key: int, mode: int = 0o600) -> BinaryLock:
         """Create a new semaphore whose lock is free (value 1)."""
-        return cls(sysv_ipc.Semaphore(key, sysv_ipc.IPC_CREX, mode=mode, initial_value=1))
+        return cls(_semget(key, sysv_ipc.IPC_CREX, mode=mode, initial_value=1))  # semget(2) + semctl SETVAL
 
     @classmethod
     def create_in_use(cls, key: int, mode: int = 0o600) -> BinaryLock:
         """Create a new semaphore whose lock is already held (value 0)."""
-        return cls(sysv_ipc.Semaphore(key, sysv_ipc.IPC_CREX, mode=mode, initial_value=0))
+        return cls(_semget(key, sysv_ipc.IPC_CREX, mode=mode, initial_value=0))
 
     def reserve(self) -> None:
-        """Take the lock, waiting as long as needed; retried after signals."""
+        """Take the lock (semop P, SEM_UNDO); retried after signals."""
+        if self.patience is not None:
+            self._reserve_patiently(self.patience)
+            return
         while True:
             try:
-                self._sem.acquire()
+                self._acquire()
                 return
-            except (sysv_ipc.BusyError, sysv_ipc.ExistentialError, sysv_ipc.PermissionsError):
-                raise
-            except sysv_ipc.Error:
+            except sysv_ipc.Error as exc:
+                if not _interrupted(exc):
+                    raise
                 # "Signaled while waiting": EINTR.  Nothing was taken; wait again.
-                continue
+
+    def _reserve_patiently(self, patience: float) -> None:
+        while not _timed_p(self._sem.id, patience):
+            holder = self._sem.last_pid  # semctl GETPID: for a held lock, its holder
+            if self.on_stuck is not None and self._sem.value == 0:
+                self.on_stuck(holder)  # kills the holder: SEM_UNDO hands the lock back
 
     def release(self) -> None:
-        """Give the lock back."""
-        self._sem.release()
+        """Give the lock back (semop V, SEM_UNDO)."""
+        while True:
+            try:
+                self._release()
+                return
+            except sysv_ipc.Error as exc:
+                if not _interrupted(exc):
+                    raise
+                # EINTR: nothing was given back yet; try again.
 
     # Conveniences ---------------------------------------------------------
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import sysv_ipc
 
-from shm import layout
+from shm import faults, layout
 from shm.directory import Directory
 from shm.layout import IpcObject
 from shm.locks import BinaryLock
@@ -143,7 +143,8 @@ def create_segment(key: int, size: int, mode: int = 0o600) -> sysv_ipc.SharedMem
     """
     libc = ctypes.CDLL(None, use_errno=True)
     libc.shmget.argtypes = (ctypes.c_int, ctypes.c_size_t, ctypes.c_int)
-    if libc.shmget(key, size, sysv_ipc.IPC_CREX | mode) < 0:
+    faults.check("shmget")
+    if libc.shmget(key, size, sysv_ipc.IPC_CREX | mode) < 0:  # shmget(2): the segment is created here
         code = ctypes.get_errno()
         if code == errno.EEXIST:
             raise sysv_ipc.ExistentialError(f"a segment with key 0x{key:08x} already exists")

@@ -1,4 +1,4 @@
-"""Files on their way through the server: the spool folder, uploads, downloads.
+"""The spool: files on their way through the server (the folder, uploads, downloads).
 
 A file is uploaded in chunks into a private spool folder (mode 0700), never
 held whole in memory.  When the upload is complete and its SHA-256 checks
@@ -15,17 +15,40 @@ the last link and descriptor are gone.  So:
   files were not delivered;
 * the spool files are removed at start (after a crash) and at shutdown,
   and then the folder too if nothing else is in it.  Nothing but the
-  spool's own files is ever removed, whatever ``--spool-dir`` names.
+  spool's own files is ever removed, whatever ``--spool-dir`` names;
+* a running server holds an exclusive ``flock`` on the folder itself, so a
+  second server given the same ``--spool-dir`` refuses to start instead of
+  removing the first one's files in transit.
+
+**Whoever removes a receiver's link reports the verdict.**  A link can be
+removed by the receiving worker (the file was streamed, or failed), by the
+sending worker (its notice found the receiver gone), or by the parent (the
+receiver's worker ended).  ``unlink`` succeeds for exactly one of them, so
+exactly one result line reaches the sender, whoever loses the race.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
+import logging
 import os
 import re
 import stat
 from dataclasses import dataclass
+
+from shm import faults
+
+log = logging.getLogger(__name__)
+
+# The spool's failure-prone calls, wrapped once for the fault-injection tests
+# (shm.faults): without SHMCHAT_FAULTS these are the os functions themselves.
+_open = faults.wrap("open", os.open)
+_write = faults.wrap("write", os.write)
+_link = faults.wrap("link", os.link)
+_unlink = faults.wrap("unlink", os.unlink)
+
 
 #: Bytes per data frame sent to a receiver (the client accepts up to 1 MiB).
 CHUNK_BYTES = 256 * 1024
@@ -35,11 +58,32 @@ _LINK = re.compile(r"to-(?P<slot>\d+)-(?P<gen>\d+)-(?P<sender>\d+)-(?P<n>\d+)\Z"
 _SPOOL_FILE = re.compile(r"(?:up-\d+-\d+-\d+-\d+\.part|to-\d+-\d+-\d+-\d+)\Z")
 
 
+class SpoolInUse(OSError):
+    """Another live server holds this spool folder."""
+
+
+def remove_link(path: str) -> bool:
+    """Remove a spool file; True if this call removed it (see "whoever removes").
+
+    Any failure other than "already gone" is logged and counts as removed by
+    us: the file stays until the spool is emptied at shutdown, but its
+    verdict must still be given once.
+    """
+    try:
+        _unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        log.warning("cannot remove spool file %s: %s", path, exc)
+    return True
+
+
 class Spool:
     """The spool folder of one server."""
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._lock_fd = -1
 
     def reset(self) -> None:
         """Remove what a previous server left, and make sure the folder is ours.
@@ -57,11 +101,28 @@ class Spool:
                 raise OSError(
                     errno.EPERM, "the spool folder is not a folder of this user (use --spool-dir)", self.path
                 ) from None
+        self._take_lock()
         self._remove_spool_files()
+
+    def _take_lock(self) -> None:
+        """Hold the folder for this server's lifetime (workers inherit the descriptor)."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolInUse(
+                errno.EBUSY, "another shmchat server is using this spool folder", self.path
+            ) from None
+        self._lock_fd = fd
 
     def remove(self) -> None:
         """Remove the spool files, and the folder if nothing else is in it."""
+        if self._lock_fd < 0:
+            return  # never clean up a folder this server did not hold
         self._remove_spool_files()
+        os.close(self._lock_fd)
+        self._lock_fd = -1
         try:
             os.rmdir(self.path)
         except OSError:
@@ -74,10 +135,7 @@ class Spool:
             return
         for name in names:
             if _SPOOL_FILE.match(name):
-                try:
-                    os.unlink(os.path.join(self.path, name))
-                except FileNotFoundError:
-                    pass
+                remove_link(os.path.join(self.path, name))
 
     def upload_path(self, slot: int, generation: int, transfer: str) -> str:
         return os.path.join(self.path, f"up-{slot}-{generation}-{transfer}.part")
@@ -85,10 +143,17 @@ class Spool:
     def link_path(self, slot: int, generation: int, transfer: str) -> str:
         return os.path.join(self.path, f"to-{slot}-{generation}-{transfer}")
 
+    def link_for(self, source: str, slot: int, generation: int, transfer: str) -> str:
+        """Give one receiver its own name for a finished upload; return it (OSError if refused)."""
+        link = self.link_path(slot, generation, transfer)
+        _link(source, link)
+        return link
+
     def leftovers(self, slot: int, generation: int) -> list[str]:
         """Remove a departed slot's partial uploads and undelivered links.
 
-        Returns the transfer ids of the links, whose senders are to be told.
+        Returns the transfer ids of the links this call removed, whose senders
+        are to be told (a link a sending worker removed first is its to report).
         """
         transfers = []
         try:
@@ -96,15 +161,13 @@ class Spool:
         except FileNotFoundError:
             return []
         for name in names:
+            path = os.path.join(self.path, name)
             match = _LINK.match(name)
             if match and int(match["slot"]) == slot and int(match["gen"]) == generation:
-                transfers.append(f"{match['sender']}-{match['n']}")
-            elif not name.startswith(f"up-{slot}-{generation}-"):
-                continue
-            try:
-                os.unlink(os.path.join(self.path, name))
-            except FileNotFoundError:
-                pass
+                if remove_link(path):
+                    transfers.append(f"{match['sender']}-{match['n']}")
+            elif name.startswith(f"up-{slot}-{generation}-"):
+                remove_link(path)
         return transfers
 
 
@@ -123,14 +186,14 @@ class Upload:
 
     def __post_init__(self) -> None:
         self._hash = hashlib.sha256()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._fd = _open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
     def write(self, chunk: bytes) -> None:
         if self.received + len(chunk) > self.size:
             raise ValueError(f"more bytes than the {self.size} announced")
         view = memoryview(chunk)
         while view:  # a full disk can cut a write short: never hash bytes not written
-            view = view[os.write(self._fd, view) :]
+            view = view[_write(self._fd, view) :]
         self._hash.update(chunk)
         self.received += len(chunk)
 
@@ -151,10 +214,7 @@ class Upload:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        remove_link(self.path)
 
 
 @dataclass
@@ -173,7 +233,7 @@ class Download:
     started: bool = False
 
     def open(self) -> None:
-        self._fd = os.open(self.path, os.O_RDONLY)
+        self._fd = _open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         self.started = True
 
     def read_into(self, buffer: memoryview) -> int:
@@ -193,19 +253,20 @@ class Download:
         if self.started and self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        remove_link(self.path)
 
 
 def encode_file_notice(transfer: str, size: int, sha256: str, name: str, link: str) -> bytes:
-    """Payload of a FILE record: what the receiving worker needs to stream it."""
-    return "\0".join((transfer, str(size), sha256, link, name)).encode("utf-8")
+    """Payload of a FILE record: what the receiving worker needs to stream it.
+
+    ``surrogateescape``: the link is a path, and a ``--spool-dir`` need not be
+    valid UTF-8; its bytes go through the record unchanged.
+    """
+    return "\0".join((transfer, str(size), sha256, link, name)).encode("utf-8", "surrogateescape")
 
 
 def decode_file_notice(payload: bytes) -> tuple[str, int, str, str, str]:
-    transfer, size, sha256, link, name = payload.decode("utf-8").split("\0", 4)
+    transfer, size, sha256, link, name = payload.decode("utf-8", "surrogateescape").split("\0", 4)
     return transfer, int(size), sha256, link, name
 
 

@@ -28,7 +28,7 @@ from prompt_toolkit.renderer import print_formatted_text as render_fragments
 from prompt_toolkit.styles import Style
 
 from client.display import printable
-from client.palette import ID_PATTERN, id_colour
+from palette import ID_PATTERN, id_colour
 from protocol import replies
 
 STYLE = Style.from_dict(

@@ -45,15 +45,11 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from shm import inspect
+    # The one import from shm/ into the inspector: this file is an entry point
+    # (a composition root), which no module imports; see docs/design.md, "Layering".
+    from inspector.cli import inspect_command
 
-    if args.watch is not None and args.json:
-        print("python -m shm inspect: --watch and --json do not go together", file=sys.stderr)
-        return 2
-    color = inspect.use_color(args.color, sys.stdout)
-    if args.watch is not None:
-        return inspect.run_watch(args.port, max(args.watch, 0.1), color)
-    return inspect.run_once(args.port, args.json, color)
+    return inspect_command(args.port, args.watch, args.json, args.color)
 
 
 def main(argv: list[str] | None = None) -> int:

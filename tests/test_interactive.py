@@ -30,10 +30,10 @@ from prompt_toolkit.document import Document
 from client import interactive
 from client.completion import ChatCompleter
 from client.interactive import QuietReplies, Transfers, human_pair, local_help, toolbar_fragments
-from client.palette import id_colour
 from client.roster import Roster
 from client.session import Progress
 from client.styles import format_line, to_ansi
+from palette import id_colour
 from protocol import replies
 from shm.segments import list_objects, remove_stale
 

@@ -425,6 +425,9 @@ class ChatServer:
             self.outbox.add(
                 Delivery(Posting(c.caller.slot, c.caller.generation, goodbye)) for c in self.children.values()
             )
+        self.post_pending()
+        if self.outbox is not None and self.outbox.pending:
+            log.info("a goodbye waits for room in %d full mailboxes; retrying", len(self.outbox))
         deadline = time.monotonic() + self.config.shutdown_grace
         while self.children and time.monotonic() < deadline:
             self.post_pending()

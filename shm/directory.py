@@ -81,6 +81,10 @@ class GroupChange:
     dissolved: bool = False
 
 
+#: Groups one client may administer at once.
+MAX_GROUPS_PER_ADMIN = 4
+
+
 class GroupError(Exception):
     """A group request that breaks a rule; the message is shown to the caller."""
 
@@ -384,7 +388,15 @@ class Directory:
                     skipped[cid] = "not an online client"
             if not accepted:
                 raise GroupError("no group made: none of the ids is another online client")
-            free = [s for s in range(self.group_capacity) if self._read_group(s) is None]
+            groups = [self._read_group(s) for s in range(self.group_capacity)]
+            administered = sum(1 for g in groups if g is not None and g.admin_id == admin_id)
+            if administered >= MAX_GROUPS_PER_ADMIN:
+                # One client must not take every group slot with repeated /makegroupreq.
+                raise GroupError(
+                    f"no group made: you already administer {administered} groups "
+                    f"(at most {MAX_GROUPS_PER_ADMIN} at once)"
+                )
+            free = [slot for slot, g in enumerate(groups) if g is None]
             if not free:
                 raise GroupError(f"no group made: the server's {self.group_capacity} groups are all in use")
             group = GroupInfo(

@@ -240,8 +240,8 @@ class ClientSession:
             self.emit(replies.error(f"file {transfer} was not completed: {parsed.body}"))
             return
         if parsed.kind == "welcome":
-            digits = [w.strip(".;,") for w in parsed.body.split() if w.strip(".;,").isdigit()]
-            self.my_id = int(digits[0]) if digits else None
+            welcome = replies.parse_welcome(line)
+            self.my_id = welcome[0] if welcome else None
         elif parsed.kind == "bye":
             self.said_goodbye = True
         elif parsed.kind == "limit":

@@ -185,7 +185,7 @@ class ServerIpc:
         cls,
         port: int,
         max_clients: int = layout.DEFAULT_MAX_CLIENTS,
-        max_groups: int = 16,
+        max_groups: int = layout.DEFAULT_MAX_GROUPS,
         mailbox_bytes: int = layout.DEFAULT_MAILBOX_BYTES,
     ) -> ServerIpc:
         """Create a server's objects, reclaiming a dead server's first."""

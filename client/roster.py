@@ -20,8 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from protocol import group_replies as groups
-from protocol import replies
+from protocol import group_replies, replies
 
 
 @dataclass
@@ -63,6 +62,11 @@ class Roster:
         return sorted(g for g, n in self.groups.items() if self.my_id in n.invited)
 
     def administered(self) -> list[int]:
+        """The groups this client is the admin of (whose join requests it answers).
+
+        Public with the other queries above, for a front end's display; today
+        only the tests read it, to check the roster follows admin changes.
+        """
         return sorted(g for g, n in self.groups.items() if n.admin == self.my_id)
 
     def note(self, group_id: int) -> GroupNote:
@@ -113,7 +117,7 @@ class Roster:
                 if client_id in pending:
                     pending.remove(client_id)
 
-    def _describe(self, group: groups.GroupView | None) -> GroupNote | None:
+    def _describe(self, group: group_replies.GroupView | None) -> GroupNote | None:
         """Take a group description (``group G: admin A; members ...``) as the whole truth."""
         if group is None:
             return None
@@ -125,22 +129,22 @@ class Roster:
         return note
 
     def _observe_listing(self, line: str) -> None:
-        if (listing := groups.parse_groups_count(line)) is not None:
-            count, everyone = listing
-            self._listing = set() if everyone else None
-            self._listing_left = count if everyone else 0
+        if (listing := group_replies.parse_groups_count(line)) is not None:
+            count, of_everyone = listing
+            self._listing = set() if of_everyone else None
+            self._listing_left = count if of_everyone else 0
             return
-        if (everyone := groups.parse_no_groups(line)) is not None:
-            if everyone:
+        if (empty_of_everyone := group_replies.parse_no_groups(line)) is not None:
+            if empty_of_everyone:
                 self.groups.clear()
             else:
                 for note in self.groups.values():
                     if self.my_id in note.members:
                         note.members.remove(self.my_id)
             return
-        note = self._describe(groups.parse_group_description(line))
-        if note is not None and self._listing is not None:
-            self._listing.add(note.group_id)
+        described = self._describe(group_replies.parse_group_description(line))
+        if described is not None and self._listing is not None:
+            self._listing.add(described.group_id)
             self._listing_left -= 1
             if self._listing_left <= 0:  # a complete listing: forget groups it did not name
                 for gid in list(self.groups):
@@ -151,7 +155,7 @@ class Roster:
     def _observe_notice(self, line: str) -> None:
         if (who := replies.parse_joined(line)) is not None:
             self._arrived(who)
-        elif left := groups.parse_left_group(line):
+        elif left := group_replies.parse_left_group(line):
             who, gid, new_admin = left
             note = self.note(gid)
             if who in note.members:
@@ -160,7 +164,7 @@ class Roster:
                 note.admin = new_admin
         elif (who := replies.parse_left(line)) is not None:
             self._departed(who)
-        elif invitation := groups.parse_group_invitation(line):
+        elif invitation := group_replies.parse_group_invitation(line):
             admin, gid = invitation
             note = self.note(gid)
             note.admin = admin
@@ -168,28 +172,28 @@ class Roster:
                 note.members.append(admin)
             if self.my_id is not None and self.my_id not in note.invited:
                 note.invited.append(self.my_id)
-        elif dissolved := groups.parse_group_dissolved(line):
+        elif dissolved := group_replies.parse_group_dissolved(line):
             self.groups.pop(dissolved[0], None)
-        elif asks := groups.parse_join_request(line):
+        elif asks := group_replies.parse_join_request(line):
             who, gid = asks
             note = self.note(gid)
             if who not in note.requests:
                 note.requests.append(who)
-        elif inherited := groups.parse_admin_inherited(line):
+        elif inherited := group_replies.parse_admin_inherited(line):
             self.note(inherited[0]).admin = self.my_id
-        elif joined := groups.parse_joined_group(line):
+        elif joined := group_replies.parse_joined_group(line):
             self._joined(*joined)
-        elif declined := groups.parse_invitation_declined(line):
+        elif declined := group_replies.parse_invitation_declined(line):
             who, gid = declined
             note = self.note(gid)
             if who in note.invited:
                 note.invited.remove(who)
-        elif self._describe(groups.parse_group_description(line)) is None:
+        elif self._describe(group_replies.parse_group_description(line)) is None:
             self._mentioned(line)
 
     def _mentioned(self, line: str) -> None:
         """A line about a group that says no more: at least the group exists."""
-        if (gid := groups.parse_group_mentioned(line)) is not None:
+        if (gid := group_replies.parse_group_mentioned(line)) is not None:
             self.note(gid)
 
     def _joined(self, who: int, group_id: int) -> None:
@@ -201,23 +205,23 @@ class Roster:
                 pending.remove(who)
 
     def _observe_ok(self, line: str) -> None:
-        if made := groups.parse_group_made_invite_only(line):
+        if made := group_replies.parse_group_made_invite_only(line):
             gid, invited = made
             note = self.note(gid)
             note.admin = self.my_id
             note.members = [self.my_id] if self.my_id is not None else []
             note.invited = invited
-        elif (gid := groups.parse_invitation_declined_ok(line)) is not None:
-            note = self.groups.get(gid)
-            if note is not None and self.my_id in note.invited:
-                note.invited.remove(self.my_id)
-        elif approved := groups.parse_request_approved_ok(line):
+        elif (declined := group_replies.parse_invitation_declined_ok(line)) is not None:
+            known = self.groups.get(declined)
+            if known is not None and self.my_id in known.invited:
+                known.invited.remove(self.my_id)
+        elif approved := group_replies.parse_request_approved_ok(line):
             self._joined(*approved)
-        elif self._describe(groups.parse_group_description(line)) is None:
+        elif self._describe(group_replies.parse_group_description(line)) is None:
             self._mentioned(line)
 
     def _observe_error(self, line: str) -> None:
-        if (gid := groups.parse_no_such_group(line)) is not None:
+        if (gid := group_replies.parse_no_such_group(line)) is not None:
             self.groups.pop(gid, None)
         elif (who := replies.parse_offline(line)) is not None:
             self._departed(who)

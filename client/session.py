@@ -303,7 +303,7 @@ class ClientSession:
         self.framer.start_frame(int(size_text))
         self.data_target = self.downloads.get(transfer)
 
-    def on_data(self, chunk: bytes) -> None:
+    def on_data(self, chunk: bytes | memoryview) -> None:
         incoming = self.data_target
         if incoming is None:
             return

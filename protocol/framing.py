@@ -85,7 +85,7 @@ class LineFramer:
         self._direct_left = 0  # bytes of the current frame the caller reads off the socket
         self._frame_ended_direct = False  # a frame just ended off the socket (see read_size)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self._direct_left:
             raise ValueError("the rest of the data frame is read off the socket: use raw_arrived")
         self._buffer += data

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from protocol import commands, replies
-from protocol import group_replies as groups
+from protocol import commands, group_replies, replies
 from protocol.commands import (
     Active,
     AnswerRequest,
@@ -75,9 +75,9 @@ def notices(recipients: Iterable[ClientInfo], line: str) -> list[Delivery]:
     return [deliver(c, RecordKind.NOTICE, None, line) for c in recipients]
 
 
-def view(group: GroupInfo) -> groups.GroupView:
+def view(group: GroupInfo) -> group_replies.GroupView:
     """A table row as the lines describe it (protocol/group_replies.py)."""
-    return groups.GroupView(
+    return group_replies.GroupView(
         group.group_id, group.admin_id, tuple(group.members), tuple(group.invited), tuple(group.requests)
     )
 
@@ -139,13 +139,15 @@ def handle_makegroup(caller: Caller, request: MakeGroup, ipc: ServerIpc) -> Outc
     out = Outcome()
     if request.invite_only:
         out.replies.append(
-            groups.group_made_invite_only(group.group_id, group.invited, created.skipped, created.duplicates)
+            group_replies.group_made_invite_only(
+                group.group_id, group.invited, created.skipped, created.duplicates
+            )
         )
-        invite = groups.group_invitation(caller.client_id, group.group_id)
+        invite = group_replies.group_invitation(caller.client_id, group.group_id)
         out.deliveries += notices((online[i] for i in group.invited if i in online), invite)
     else:
-        out.replies.append(groups.group_made(view(group), created.skipped, created.duplicates))
-        added = groups.added_to_group(caller.client_id, view(group))
+        out.replies.append(group_replies.group_made(view(group), created.skipped, created.duplicates))
+        added = group_replies.added_to_group(caller.client_id, view(group))
         out.deliveries += notices((online[i] for i in group.members[1:] if i in online), added)
     return out
 
@@ -159,19 +161,21 @@ def handle_joingroup(caller: Caller, request: JoinGroup, ipc: ServerIpc) -> Outc
     group = outcome.group
     gid = group.group_id
     if outcome.joined and outcome.already:
-        return Outcome(replies=[groups.already_member(gid)])
+        return Outcome(replies=[group_replies.already_member(gid)])
     if not outcome.joined and outcome.already:
-        return Outcome(replies=[groups.already_asked(gid)])
+        return Outcome(replies=[group_replies.already_asked(gid)])
     online = ipc.directory.online_by_id()
     if outcome.joined:
-        news = groups.joined_group(caller.client_id, gid)
+        news = group_replies.joined_group(caller.client_id, gid)
         return Outcome(
-            replies=[groups.you_joined(view(group))],
+            replies=[group_replies.you_joined(view(group))],
             deliveries=notices(_members_except(group, online, caller.client_id), news),
         )
-    ask = groups.join_request(caller.client_id, gid)
+    ask = group_replies.join_request(caller.client_id, gid)
     admin = [online[group.admin_id]] if group.admin_id in online else []
-    return Outcome(replies=[groups.join_request_sent(gid, group.admin_id)], deliveries=notices(admin, ask))
+    return Outcome(
+        replies=[group_replies.join_request_sent(gid, group.admin_id)], deliveries=notices(admin, ask)
+    )
 
 
 def handle_answer(caller: Caller, request: AnswerRequest, ipc: ServerIpc) -> Outcome:
@@ -183,13 +187,13 @@ def handle_answer(caller: Caller, request: AnswerRequest, ipc: ServerIpc) -> Out
     requester = [online[who]] if who in online else []
     if not request.approve:
         return Outcome(
-            replies=[groups.request_denied_ok(who, gid)],
-            deliveries=notices(requester, groups.request_denied(gid)),
+            replies=[group_replies.request_denied_ok(who, gid)],
+            deliveries=notices(requester, group_replies.request_denied(gid)),
         )
-    out = Outcome(replies=[groups.request_approved_ok(who, gid)])
-    out.deliveries += notices(requester, groups.request_approved(view(group)))
+    out = Outcome(replies=[group_replies.request_approved_ok(who, gid)])
+    out.deliveries += notices(requester, group_replies.request_approved(view(group)))
     out.deliveries += notices(
-        _members_except(group, online, caller.client_id, who), groups.joined_group(who, gid)
+        _members_except(group, online, caller.client_id, who), group_replies.joined_group(who, gid)
     )
     return out
 
@@ -198,15 +202,17 @@ def handle_declinegroup(caller: Caller, request: DeclineGroup, ipc: ServerIpc) -
     group = ipc.directory.decline_invitation(request.group_id, caller.client_id)
     online = ipc.directory.online_by_id()
     admin = [online[group.admin_id]] if group.admin_id in online else []
-    news = groups.invitation_declined(caller.client_id, group.group_id)
-    return Outcome(replies=[groups.invitation_declined_ok(group.group_id)], deliveries=notices(admin, news))
+    news = group_replies.invitation_declined(caller.client_id, group.group_id)
+    return Outcome(
+        replies=[group_replies.invitation_declined_ok(group.group_id)], deliveries=notices(admin, news)
+    )
 
 
 def handle_sendgroup(caller: Caller, request: SendGroup, ipc: ServerIpc) -> Outcome:
     group = ipc.directory.group_for_sender(request.group_id, caller.client_id)
     peers = _members_except(group, ipc.directory.online_by_id(), caller.client_id)
     if not peers:
-        return Outcome(replies=[groups.only_member(group.group_id)])
+        return Outcome(replies=[group_replies.only_member(group.group_id)])
     return Outcome(
         deliveries=[deliver(p, RecordKind.GROUP, caller, request.text, group.group_id) for p in peers]
     )
@@ -215,9 +221,9 @@ def handle_sendgroup(caller: Caller, request: SendGroup, ipc: ServerIpc) -> Outc
 def handle_listgroups(caller: Caller, request: ListGroups, ipc: ServerIpc) -> Outcome:
     found = ipc.directory.groups(None if request.everyone else caller.client_id)
     if not found:
-        return Outcome(replies=[groups.no_groups(request.everyone)])
-    lines = [groups.groups_count(len(found), request.everyone)]
-    lines += [replies.groups_line(groups.group_description(view(g))) for g in found]
+        return Outcome(replies=[group_replies.no_groups(request.everyone)])
+    lines = [group_replies.groups_count(len(found), request.everyone)]
+    lines += [replies.groups_line(group_replies.group_description(view(g))) for g in found]
     return Outcome(replies=lines)
 
 
@@ -225,7 +231,8 @@ def handle_quit(caller: Caller, request: Quit, ipc: ServerIpc) -> Outcome:
     return Outcome(replies=[replies.bye(f"goodbye, {caller.client_id}")], quit=True)
 
 
-HANDLERS: dict[type, Callable[[Caller, Request, ServerIpc], Outcome]] = {
+#: Each handler takes its own request type (Request is their union).
+HANDLERS: dict[type, Callable[[Caller, Any, ServerIpc], Outcome]] = {
     Help: handle_help,
     Active: handle_active,
     Send: handle_send,
@@ -261,11 +268,11 @@ def departure_notices(left_id: int, how: str, changes: list[GroupChange], ipc: S
         if change.dissolved:
             # Invitees and requesters would otherwise learn it only from a failed /joingroup.
             waiting = [online[i] for i in group.invited + group.requests if i in online]
-            out += notices(waiting, groups.group_dissolved(gid, left_id))
+            out += notices(waiting, group_replies.group_dissolved(gid, left_id))
             continue
         members = _members_except(group, online)
-        out += notices(members, groups.left_group(left_id, gid, change.new_admin))
+        out += notices(members, group_replies.left_group(left_id, gid, change.new_admin))
         if change.new_admin is not None and group.requests and change.new_admin in online:
-            inherited = groups.admin_inherited(gid, group.requests)
+            inherited = group_replies.admin_inherited(gid, group.requests)
             out += notices([online[change.new_admin]], inherited)
     return out

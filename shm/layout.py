@@ -2,8 +2,9 @@
 
 This module is the ``svshm_xfr.h`` of the project (see TLPI chapter 48): the
 records, their ``struct`` formats and offsets, the semaphore indices and the
-key scheme live here and nowhere else.  The tables in ``shm.tables`` use these
-declarations; nothing else in the project slices shared-memory bytes.
+key scheme live here and nowhere else.  The tables in ``shm.directory``
+(clients and groups) and ``shm.mailboxes`` (messages) use these declarations;
+nothing else in the project slices shared-memory bytes.
 ``docs/design.md`` draws the same layouts as byte tables.
 
 All integers are little-endian and the formats use explicit padding (``x``)

@@ -205,6 +205,7 @@ def test_raw_mode_entered_mid_line_does_not_hide_a_later_newline(before, raw_siz
     while (event := framer.next_event()) is not NEED_DATA:
         if isinstance(event, DataEnd):
             break
+        assert isinstance(event, Data)
         taken += event.chunk
     rest = before[len(taken) :] + after
     events = feed_and_drain(framer, split_at(after, [cut]))

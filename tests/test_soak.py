@@ -28,6 +28,7 @@ import selectors
 import socket
 import time
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import pytest
 from conftest import TIMEOUT, sysv_objects
@@ -220,7 +221,7 @@ def run_soak(server, total: int, seed: int = 1) -> dict:
             want = expected[r][s]
             lost += len(set(want) - set(got))
             duplicated += len(got) - len(set(got))
-            out_of_order += sum(1 for a, b in zip(got, got[1:], strict=False) if b < a)
+            out_of_order += sum(1 for a, b in pairwise(got) if b < a)
     for r, peer in enumerate(peers):
         assert not peer.errors, f"client {r} got errors: {peer.errors[:5]}"
         for s in range(CLIENTS):

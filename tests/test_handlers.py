@@ -15,6 +15,7 @@ from protocol import commands, replies
 from protocol import group_replies as groups
 from server import handlers
 from server.handlers import Caller, Outcome
+from server.outbox import OFFLINE
 from shm.directory import ClientInfo
 from shm.layout import RecordKind
 
@@ -68,7 +69,7 @@ def test_send_delivers_one_private_record_and_refuses_self_groups_and_the_offlin
         b.generation,
     )
     on_gone = outcome.deliveries[0].on_gone
-    assert on_gone is not None and on_gone() == replies.discarded(b.client_id)
+    assert on_gone is not None and on_gone(OFFLINE) == replies.discarded(b.client_id)
     assert "your own id" in run(a, f"/send {a.client_id} me", ipc).replies[0]
     nobody = next(i for i in range(10000, 100000) if i not in (a.client_id, b.client_id))
     assert run(a, f"/send {nobody} hello", ipc).replies == [replies.offline(nobody)]

@@ -11,11 +11,13 @@ import argparse
 import socket
 import sys
 
+from protocol.wire import DEFAULT_PORT
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="shmchat-client", description="Chat with a shmchat server.")
     parser.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=5000, help="server port (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="server port (default: %(default)s)")
     parser.add_argument(
         "--download-dir", default="downloads", help="where received files are saved (default: ./%(default)s)"
     )

@@ -146,7 +146,7 @@ class IncomingFile:
         else:
             raise FileExistsError(errno.EEXIST, "no free temporary name", self.folder)
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | memoryview) -> None:
         if self.received + len(chunk) > self.header.size:
             raise ValueError("the server sent more bytes than announced")
         write_all(self._fd, chunk)

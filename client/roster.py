@@ -18,37 +18,9 @@ remains the judge of every id typed.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
-from protocol import replies
-
-_ID = re.compile(r"(?<![\d-])\d{5}(?![\d-])")
-_WELCOME_ID = re.compile(r"unique id is (\d{5})")
-_WELCOME_OTHERS = re.compile(r"(\d+) other\(s\) online")
-_JOINED = re.compile(r"^client (\d{5}) joined$")
-_LEFT = re.compile(r"^client (\d{5}) (?:left|disconnected|was disconnected)(?: \(|$)")
-_OFFLINE = re.compile(r"client (\d{5}) (?:is offline|disconnected)")
-_GROUP_LISTING = re.compile(r"^(\d+) group\(s\) (on the server|you belong to)$")
-_NO_GROUPS = re.compile(r"^no groups (on the server|you belong to)$")
-_DESCRIBED = re.compile(
-    r"group (\d{5}): admin (\d{5}); members ([\d, ]+?)"
-    r"(?:; invited ([\d, ]+?))?(?:; asking to join ([\d, ]+?))?(?: \(created\))?(?:;|$)"
-)
-_INVITED = re.compile(r"invites you to group (\d{5})")
-_DISSOLVED = re.compile(r"group (\d{5}) was dissolved")
-_NO_SUCH_GROUP = re.compile(r"group (\d{5}) does not exist")
-_LEFT_GROUP = re.compile(r"^client (\d{5}) left group (\d{5})(?:; client (\d{5}) is now its admin)?")
-_JOINED_GROUP = re.compile(r"client (\d{5}) joined group (\d{5})|approved: (\d{5}) joined group (\d{5})")
-_NEW_ADMIN = re.compile(r"you are now the admin of group (\d{5})")
-_DECLINED = re.compile(r"declined the invitation to group (\d{5})")
-_CREATED_REQ = re.compile(r"^group (\d{5}) created; invited")
-_ASKS = re.compile(r"client (\d{5}) asks to join group (\d{5})")
-_GROUP_WORD = re.compile(r"group (\d{5})")
-
-
-def _ids(text: str | None) -> list[int]:
-    return [int(v) for v in _ID.findall(text or "")]
+from protocol import group_replies, replies
 
 
 @dataclass
@@ -90,6 +62,11 @@ class Roster:
         return sorted(g for g, n in self.groups.items() if self.my_id in n.invited)
 
     def administered(self) -> list[int]:
+        """The groups this client is the admin of (whose join requests it answers).
+
+        Public with the other queries above, for a front end's display; today
+        only the tests read it, to check the roster follows admin changes.
+        """
         return sorted(g for g, n in self.groups.items() if n.admin == self.my_id)
 
     def note(self, group_id: int) -> GroupNote:
@@ -100,16 +77,15 @@ class Roster:
     def observe(self, line: str) -> None:
         """Update from one server line (any line; most change nothing)."""
         parsed = replies.classify(line)
-        kind, body = parsed.kind, parsed.body
+        kind = parsed.kind
         if kind == "welcome":
-            match = _WELCOME_ID.search(body)
-            if match:
-                self.my_id = int(match.group(1))
+            welcome = replies.parse_welcome(line)
+            if welcome:
+                self.my_id = welcome[0]
                 self.online = {self.my_id}
-            others = _WELCOME_OTHERS.search(body)
-            self.counted = 1 + (int(others.group(1)) if others else 0)
+            self.counted = 1 + (welcome[1] if welcome else 0)
         elif kind == "active":
-            self.online = set(_ids(body.partition(":")[2]))
+            self.online = set(replies.parse_active(line) or [])
             self.counted = None
         elif kind in ("private", "broadcast", "group") and parsed.sender is not None:
             self.online.add(parsed.sender)
@@ -119,13 +95,13 @@ class Roster:
                     if who is not None and who not in note.members:
                         note.members.append(who)
         elif kind == "groups":
-            self._observe_listing(body)
+            self._observe_listing(line)
         elif kind == "server":
-            self._observe_notice(body)
+            self._observe_notice(line)
         elif kind == "ok":
-            self._observe_ok(body)
+            self._observe_ok(line)
         elif kind == "error":
-            self._observe_error(body)
+            self._observe_error(line)
 
     def _arrived(self, client_id: int) -> None:
         self.online.add(client_id)
@@ -141,37 +117,34 @@ class Roster:
                 if client_id in pending:
                     pending.remove(client_id)
 
-    def _describe(self, text: str) -> GroupNote | None:
-        """Read a ``describe_group`` text into the roster."""
-        match = _DESCRIBED.search(text)
-        if match is None:
+    def _describe(self, group: group_replies.GroupView | None) -> GroupNote | None:
+        """Take a group description (``group G: admin A; members ...``) as the whole truth."""
+        if group is None:
             return None
-        note = self.note(int(match.group(1)))
-        note.admin = int(match.group(2))
-        note.members = _ids(match.group(3))
-        note.invited = _ids(match.group(4))
-        note.requests = _ids(match.group(5))
+        note = self.note(group.group_id)
+        note.admin = group.admin
+        note.members = list(group.members)
+        note.invited = list(group.invited)
+        note.requests = list(group.requests)
         return note
 
-    def _observe_listing(self, body: str) -> None:
-        listing = _GROUP_LISTING.match(body)
-        if listing:
-            everyone = listing.group(2) == "on the server"
-            self._listing = set() if everyone else None
-            self._listing_left = int(listing.group(1)) if everyone else 0
+    def _observe_listing(self, line: str) -> None:
+        if (listing := group_replies.parse_groups_count(line)) is not None:
+            count, of_everyone = listing
+            self._listing = set() if of_everyone else None
+            self._listing_left = count if of_everyone else 0
             return
-        empty = _NO_GROUPS.match(body)
-        if empty:
-            if empty.group(1) == "on the server":
+        if (empty_of_everyone := group_replies.parse_no_groups(line)) is not None:
+            if empty_of_everyone:
                 self.groups.clear()
             else:
                 for note in self.groups.values():
                     if self.my_id in note.members:
                         note.members.remove(self.my_id)
             return
-        note = self._describe(body)
-        if note is not None and self._listing is not None:
-            self._listing.add(note.group_id)
+        described = self._describe(group_replies.parse_group_description(line))
+        if described is not None and self._listing is not None:
+            self._listing.add(described.group_id)
             self._listing_left -= 1
             if self._listing_left <= 0:  # a complete listing: forget groups it did not name
                 for gid in list(self.groups):
@@ -179,71 +152,76 @@ class Roster:
                         del self.groups[gid]
                 self._listing = None
 
-    def _observe_notice(self, body: str) -> None:
-        if match := _JOINED.match(body):
-            self._arrived(int(match.group(1)))
-        elif match := _LEFT_GROUP.match(body):
-            who, gid = int(match.group(1)), int(match.group(2))
+    def _observe_notice(self, line: str) -> None:
+        if (who := replies.parse_joined(line)) is not None:
+            self._arrived(who)
+        elif left := group_replies.parse_left_group(line):
+            who, gid, new_admin = left
             note = self.note(gid)
             if who in note.members:
                 note.members.remove(who)
-            if match.group(3):
-                note.admin = int(match.group(3))
-        elif match := _LEFT.match(body):
-            self._departed(int(match.group(1)))
-        elif match := _INVITED.search(body):
-            note = self.note(int(match.group(1)))
-            admin = _ids(body)[0]
+            if new_admin is not None:
+                note.admin = new_admin
+        elif (who := replies.parse_left(line)) is not None:
+            self._departed(who)
+        elif invitation := group_replies.parse_group_invitation(line):
+            admin, gid = invitation
+            note = self.note(gid)
             note.admin = admin
             if admin not in note.members:
                 note.members.append(admin)
             if self.my_id is not None and self.my_id not in note.invited:
                 note.invited.append(self.my_id)
-        elif match := _DISSOLVED.search(body):
-            self.groups.pop(int(match.group(1)), None)
-        elif match := _ASKS.search(body):
-            note = self.note(int(match.group(2)))
-            who = int(match.group(1))
+        elif dissolved := group_replies.parse_group_dissolved(line):
+            self.groups.pop(dissolved[0], None)
+        elif asks := group_replies.parse_join_request(line):
+            who, gid = asks
+            note = self.note(gid)
             if who not in note.requests:
                 note.requests.append(who)
-        elif match := _NEW_ADMIN.search(body):
-            self.note(int(match.group(1))).admin = self.my_id
-        elif match := _JOINED_GROUP.search(body):
-            self._joined(match)
-        elif match := _DECLINED.search(body):
-            note = self.note(int(match.group(1)))
-            who = _ids(body)[0]
+        elif inherited := group_replies.parse_admin_inherited(line):
+            self.note(inherited[0]).admin = self.my_id
+        elif joined := group_replies.parse_joined_group(line):
+            self._joined(*joined)
+        elif declined := group_replies.parse_invitation_declined(line):
+            who, gid = declined
+            note = self.note(gid)
             if who in note.invited:
                 note.invited.remove(who)
-        elif self._describe(body) is None and (match := _GROUP_WORD.search(body)):
-            self.note(int(match.group(1)))
+        elif self._describe(group_replies.parse_group_description(line)) is None:
+            self._mentioned(line)
 
-    def _joined(self, match: re.Match) -> None:
-        who = int(match.group(1) or match.group(3))
-        note = self.note(int(match.group(2) or match.group(4)))
+    def _mentioned(self, line: str) -> None:
+        """A line about a group that says no more: at least the group exists."""
+        if (gid := group_replies.parse_group_mentioned(line)) is not None:
+            self.note(gid)
+
+    def _joined(self, who: int, group_id: int) -> None:
+        note = self.note(group_id)
         if who not in note.members:
             note.members.append(who)
         for pending in (note.invited, note.requests):
             if who in pending:
                 pending.remove(who)
 
-    def _observe_ok(self, body: str) -> None:
-        if match := _CREATED_REQ.match(body):
-            note = self.note(int(match.group(1)))
+    def _observe_ok(self, line: str) -> None:
+        if made := group_replies.parse_group_made_invite_only(line):
+            gid, invited = made
+            note = self.note(gid)
             note.admin = self.my_id
             note.members = [self.my_id] if self.my_id is not None else []
-            note.invited = _ids(body.split("invited", 1)[1].split(";", 1)[0])
-        elif match := _DECLINED.search(body):
-            note = self.groups.get(int(match.group(1)))
-            if note is not None and self.my_id in note.invited:
-                note.invited.remove(self.my_id)
-        elif match := _JOINED_GROUP.search(body):
-            self._joined(match)
-        elif self._describe(body) is None and (match := _GROUP_WORD.search(body)):
-            self.note(int(match.group(1)))
+            note.invited = invited
+        elif (declined := group_replies.parse_invitation_declined_ok(line)) is not None:
+            known = self.groups.get(declined)
+            if known is not None and self.my_id in known.invited:
+                known.invited.remove(self.my_id)
+        elif approved := group_replies.parse_request_approved_ok(line):
+            self._joined(*approved)
+        elif self._describe(group_replies.parse_group_description(line)) is None:
+            self._mentioned(line)
 
-    def _observe_error(self, body: str) -> None:
-        if match := _NO_SUCH_GROUP.search(body):
-            self.groups.pop(int(match.group(1)), None)
-        elif match := _OFFLINE.search(body):
-            self._departed(int(match.group(1)))
+    def _observe_error(self, line: str) -> None:
+        if (gid := group_replies.parse_no_such_group(line)) is not None:
+            self.groups.pop(gid, None)
+        elif (who := replies.parse_offline(line)) is not None:
+            self._departed(who)

@@ -7,9 +7,10 @@ typed lines, and turns ``/sendfile <id> <path>`` into the upload protocol:
 a header line, the server's go-ahead, then data frames interleaved with
 whatever else is typed, paced so that memory stays flat.
 
-The caller runs the loop (line mode with ``selectors`` on stdin and the
-socket, interactive mode in a network thread): it calls ``on_readable`` and
-``on_writable`` when the socket is ready and watches ``wants_write``.
+The caller runs the loop, in one thread (line mode with ``selectors`` on
+stdin and the socket, interactive mode with the socket registered on
+prompt_toolkit's asyncio loop): it calls ``on_readable`` and ``on_writable``
+when the socket is ready and watches ``wants_write``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from protocol import commands, replies
 from protocol.framing import NEED_DATA, BadLine, Data, DataEnd, Line, LineFramer, encode_line, queue_unsent
 
 RECV_BYTES = 256 * 1024
-#: The read after a data frame: enough for the next frame's header line.
-FRAME_HEADER_READ = 64
 SEND_LOW_WATER = 256 * 1024
 #: Frames pump_uploads may send straight to the socket before the caller's loop turns.
 SEND_DIRECT_CHUNKS = 4
@@ -59,11 +58,7 @@ class ClientSession:
         self.awaiting_ready: deque[OutgoingFile] = deque()
         self.uploading: deque[OutgoingFile] = deque()
         self.downloads: dict[str, IncomingFile] = {}
-        self.data_target: IncomingFile | None = None
-        # Bytes of the current data frame still in the socket: read straight into
-        # the download (no framer copy) by on_readable.  See on_data_frame.
-        self.frame_direct = 0
-        self.frame_ended = False  # a frame just ended: the next read is a small one
+        self.data_target: IncomingFile | None = None  # the download the current data frame is for
         self._file_view: memoryview | None = None  # chunks of uploads are read into it
         self._recv_buffer = bytearray(RECV_BYTES)  # reused: no allocation per read
         self._recv_view = memoryview(self._recv_buffer)
@@ -195,16 +190,11 @@ class ClientSession:
     # -- inbound -----------------------------------------------------------------
 
     def on_readable(self) -> None:
-        # Inside a data frame, read no further than its end: those bytes are all file.
-        # Right after one, read just a line's worth (most likely the next frame's
-        # header), so that the next frame's bytes too skip the framer's copies.
-        if self.frame_direct:
-            want = min(self.frame_direct, RECV_BYTES)
-        else:
-            want = FRAME_HEADER_READ if self.frame_ended else RECV_BYTES
-        self.frame_ended = False
+        # The framer says how much to read: inside a data frame no further than its
+        # end, and right after one just a line's worth (see LineFramer.read_size).
+        direct = self.framer.direct_left > 0  # these bytes go straight into the download
         try:
-            size = self.sock.recv_into(self._recv_buffer, want)
+            size = self.sock.recv_into(self._recv_buffer, self.framer.read_size(RECV_BYTES))
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -212,14 +202,11 @@ class ClientSession:
         if not size:
             self.close()
             return
-        if self.frame_direct:
-            self.frame_direct -= size
+        if direct:
+            self.framer.raw_arrived(size)
             self.on_data(self._recv_view[:size])
-            if not self.frame_direct:
-                self.data_target = None
-                self.frame_ended = True
-            return
-        self.framer.feed(self._recv_view[:size])
+        else:
+            self.framer.feed(self._recv_view[:size])
         while not self.closed:
             event = self.framer.next_event()
             if event is NEED_DATA:
@@ -230,7 +217,7 @@ class ClientSession:
                 self.emit(replies.error(f"from the server: {event.reason}"))
             elif isinstance(event, Data):
                 self.on_data(event.chunk)
-            elif isinstance(event, DataEnd) and not self.frame_direct:  # else it goes on, from the socket
+            elif isinstance(event, DataEnd):
                 self.data_target = None
 
     def on_line(self, line: str) -> None:
@@ -253,8 +240,8 @@ class ClientSession:
             self.emit(replies.error(f"file {transfer} was not completed: {parsed.body}"))
             return
         if parsed.kind == "welcome":
-            digits = [w.strip(".;,") for w in parsed.body.split() if w.strip(".;,").isdigit()]
-            self.my_id = int(digits[0]) if digits else None
+            welcome = replies.parse_welcome(line)
+            self.my_id = welcome[0] if welcome else None
         elif parsed.kind == "bye":
             self.said_goodbye = True
         elif parsed.kind == "limit":
@@ -311,15 +298,12 @@ class ClientSession:
             self.emit(replies.error(f"malformed data frame from the server: {line[:80]!r}"))
             self.close()
             return
-        # What the framer already holds goes through it; the rest of the frame is
-        # read from the socket straight into the download (on_readable).
-        size = int(size_text)
-        buffered = min(size, self.framer.buffered)
-        self.framer.expect_raw(buffered)
-        self.frame_direct = size - buffered
+        # What the framer already holds comes out of it as Data; the rest of the
+        # frame is read from the socket straight into the download (on_readable).
+        self.framer.start_frame(int(size_text))
         self.data_target = self.downloads.get(transfer)
 
-    def on_data(self, chunk: bytes) -> None:
+    def on_data(self, chunk: bytes | memoryview) -> None:
         incoming = self.data_target
         if incoming is None:
             return

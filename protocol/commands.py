@@ -15,8 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-ID_MIN = 10000
-ID_MAX = 99999
+from protocol.wire import ID_MAX, ID_MIN
+
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 TRANSFER_ID = re.compile(r"[0-9]{5}-[0-9]{1,9}")
 #: A command word and the rest of the line, kept verbatim.

@@ -5,6 +5,15 @@ No sockets here (the h11 idea): bytes go in with ``feed``, events come out of
 caller switch to raw mode right after a file header line: the bytes behind
 the header are still in the buffer, untouched, when ``expect_raw`` is called.
 
+Data frames (``[data ...] n`` / ``/data ... n``) have three verbs of their own,
+used by both ends: ``start_frame(n)`` when the header line has been read
+(what is already buffered comes out as ``Data`` events), then, while
+``direct_left`` is not zero, the caller reads the rest of the frame from the
+socket straight into its file, ``read_size`` bytes at a time, and reports each
+read with ``raw_arrived``.  A large frame then never passes through the
+buffer, whose copies cost more than the reads.  Either way ``DataEnd`` is the
+one event that says the frame is over.
+
 Denial-of-service thinking:
 
 * Work is O(bytes fed): the search for a newline resumes where the last one
@@ -22,6 +31,9 @@ from dataclasses import dataclass
 MAX_LINE_BYTES = 64 * 1024
 #: How much of a raw run is handed out per event.
 RAW_CHUNK_BYTES = 256 * 1024
+#: The read right after a frame read off the socket: enough for the next frame's
+#: header line, so that the next frame's bytes too can skip the buffer.
+FRAME_HEADER_READ = 64
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,7 @@ class Data:
 
 @dataclass(frozen=True)
 class DataEnd:
-    """The announced raw run is complete."""
+    """The announced raw run (or data frame) is complete."""
 
 
 class _NeedData:
@@ -69,10 +81,15 @@ class LineFramer:
         self._buffer = bytearray()
         self._scanned = 0  # bytes of _buffer known to hold no newline
         self._discarding = False  # inside an over-long line, skipping to its end
-        self._raw_left: int | None = None  # bytes still due in raw mode
+        self._raw_left: int | None = None  # bytes still due in raw mode, through the buffer
+        self._direct_left = 0  # bytes of the current frame the caller reads off the socket
+        self._frame_ended_direct = False  # a frame just ended off the socket (see read_size)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        if self._direct_left:
+            raise ValueError("the rest of the data frame is read off the socket: use raw_arrived")
         self._buffer += data
+        self._frame_ended_direct = False
 
     @property
     def buffered(self) -> int:
@@ -89,9 +106,52 @@ class LineFramer:
         self._raw_left = size
         self._scanned = 0  # raw bytes leave from the front: rescan what stays behind
 
-    def cancel_raw(self) -> None:
-        """Leave raw mode; what was already buffered is treated as lines again."""
-        self._raw_left = None
+    # -- data frames -------------------------------------------------------------
+
+    def start_frame(self, size: int) -> None:
+        """A data frame of ``size`` raw bytes starts right after the line just read.
+
+        The part of it already buffered comes out of ``next_event`` as ``Data``;
+        the rest (``direct_left`` bytes) is for the caller to read off the
+        socket and report with ``raw_arrived``.
+        """
+        if size < 0:
+            raise ValueError("frame size must not be negative")
+        if self.in_raw_mode:
+            raise ValueError("a data frame cannot start inside another raw run")
+        buffered = min(size, len(self._buffer))
+        self.expect_raw(buffered)
+        self._direct_left = size - buffered
+
+    @property
+    def direct_left(self) -> int:
+        """Bytes of the current frame still in the socket, for the caller to read raw."""
+        return self._direct_left
+
+    def read_size(self, limit: int) -> int:
+        """How many bytes the caller's next socket read should ask for (at most ``limit``).
+
+        Inside a frame: no further than its end, as those bytes are all file.
+        Right after a frame that ended off the socket: a header line's worth,
+        most likely the next frame's header, so that its bytes too go straight
+        from the socket to the file.
+        """
+        if self._direct_left:
+            return min(self._direct_left, limit)
+        if self._frame_ended_direct:
+            return min(FRAME_HEADER_READ, limit)
+        return limit
+
+    def raw_arrived(self, size: int) -> None:
+        """The caller read ``size`` bytes of the current frame off the socket itself.
+
+        When they complete the frame, the next ``next_event`` is ``DataEnd``.
+        """
+        if not 0 < size <= self._direct_left:
+            raise ValueError(f"{size} raw bytes reported, {self._direct_left} expected")
+        self._direct_left -= size
+        if not self._direct_left:
+            self._frame_ended_direct = True
 
     def next_event(self) -> Event:
         if self._raw_left is not None:
@@ -128,6 +188,8 @@ class LineFramer:
     def _next_raw(self) -> Event:
         assert self._raw_left is not None
         if self._raw_left == 0:
+            if self._direct_left:
+                return NEED_DATA  # the rest of the frame comes through raw_arrived
             self._raw_left = None
             return DataEnd()
         if not self._buffer:

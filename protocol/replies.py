@@ -27,6 +27,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from protocol.wire import ID_PATTERN
+
 CONNECTION_LIMIT = "Connection Limit Exceeded !!"
 
 
@@ -80,16 +82,13 @@ def bye(text: str) -> str:
     return f"[bye] {text}"
 
 
-def joined(client_id: int) -> str:
-    return notice(f"client {client_id} joined")
-
-
-def left(client_id: int, how: str) -> str:
-    return notice(f"client {client_id} {how}")
-
-
 def offline(target: int) -> str:
     return error(f"client {target} is offline; message discarded")
+
+
+def discarded(target: int) -> str:
+    """A private message whose receiver left between the lookup and the post."""
+    return error(f"client {target} disconnected; message discarded")
 
 
 def bounced(target: int, text: str) -> str:
@@ -188,3 +187,65 @@ def parse_file_header(line: str) -> FileHeader | None:
         sha256=body.group("sha"),
         name=body.group("name"),
     )
+
+
+# -- who is online: each line with its parser beside it --------------------------------
+#
+# The client's roster (client/roster.py) follows the online list and the groups
+# from these lines alone, so each is rendered and read back here, in one place:
+# the pair is tested in tests/test_replies.py.  The parsers take a whole line.
+
+_ID = ID_PATTERN
+_IDS = re.compile(ID_PATTERN)
+_WELCOME = re.compile(rf"\[welcome\] .*?unique id is ({_ID})(?:.*?(\d+) other\(s\) online)?")
+
+
+def ids_in(text: str | None) -> list[int]:
+    """Every id a text names, in order."""
+    return [int(v) for v in _IDS.findall(text or "")]
+
+
+def parse_welcome(line: str) -> tuple[int, int] | None:
+    """(our id, how many others are online) from a ``welcome`` line."""
+    match = _WELCOME.match(line)
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def parse_active(line: str) -> list[int] | None:
+    """The ids of an ``active`` line."""
+    if not line.startswith("[active] "):
+        return None
+    return ids_in(line.partition(":")[2])
+
+
+_JOINED = re.compile(rf"\[server\] client ({_ID}) joined\Z")
+#: ``how`` is "left", "disconnected (...)" or "was disconnected (...)" (server/parent.py).
+_LEFT = re.compile(rf"\[server\] client ({_ID}) (?:left|disconnected|was disconnected)(?: \(|\Z)")
+_OFFLINE = re.compile(rf"\[error\] client ({_ID}) (?:is offline|disconnected)")
+
+
+def joined(client_id: int) -> str:
+    return notice(f"client {client_id} joined")
+
+
+def parse_joined(line: str) -> int | None:
+    match = _JOINED.match(line)
+    return int(match.group(1)) if match else None
+
+
+def left(client_id: int, how: str) -> str:
+    return notice(f"client {client_id} {how}")
+
+
+def parse_left(line: str) -> int | None:
+    """The id of a client that left the server (not a group: see ``parse_left_group``)."""
+    match = _LEFT.match(line)
+    return int(match.group(1)) if match else None
+
+
+def parse_offline(line: str) -> int | None:
+    """The receiver an ``offline``, ``discarded`` or ``bounced`` error names."""
+    match = _OFFLINE.match(line)
+    return int(match.group(1)) if match else None

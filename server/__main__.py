@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from protocol.wire import DEFAULT_PORT
 from server.config import MiB, ServerConfig
 from server.parent import run
 from shm import layout
@@ -19,7 +20,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument(
-        "--port", type=int, default=5000, help="TCP port; 0 picks a free one (default: %(default)s)"
+        "--port", type=int, default=DEFAULT_PORT, help="TCP port; 0 picks a free one (default: %(default)s)"
     )
     parser.add_argument(
         "--max-clients",
@@ -27,7 +28,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=layout.DEFAULT_MAX_CLIENTS,
         help=f"clients online at once, 1-{layout.MAX_CLIENTS_LIMIT} (default: %(default)s)",
     )
-    parser.add_argument("--max-groups", type=int, default=16, help="groups at once (default: %(default)s)")
+    parser.add_argument(
+        "--max-groups",
+        type=int,
+        default=layout.DEFAULT_MAX_GROUPS,
+        help="groups at once (default: %(default)s)",
+    )
     parser.add_argument(
         "--max-file-size",
         type=int,

@@ -6,6 +6,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 
+from protocol.wire import DEFAULT_PORT
 from shm import layout
 
 MiB = 1024 * 1024
@@ -14,9 +15,9 @@ MiB = 1024 * 1024
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
-    port: int = 5000
+    port: int = DEFAULT_PORT
     max_clients: int = layout.DEFAULT_MAX_CLIENTS
-    max_groups: int = 16
+    max_groups: int = layout.DEFAULT_MAX_GROUPS
     #: Ring bytes per client mailbox in the message table.
     mailbox_bytes: int = layout.DEFAULT_MAILBOX_BYTES
     #: Output a client may leave unread before it is disconnected (Redis's

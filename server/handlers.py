@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from protocol import commands, replies
+from protocol import commands, group_replies, replies
 from protocol.commands import (
     Active,
     AnswerRequest,
@@ -74,13 +75,11 @@ def notices(recipients: Iterable[ClientInfo], line: str) -> list[Delivery]:
     return [deliver(c, RecordKind.NOTICE, None, line) for c in recipients]
 
 
-def describe_group(group: GroupInfo) -> str:
-    text = f"group {group.group_id}: admin {group.admin_id}; members {', '.join(map(str, group.members))}"
-    if group.invited:
-        text += f"; invited {', '.join(map(str, group.invited))}"
-    if group.requests:
-        text += f"; asking to join {', '.join(map(str, group.requests))}"
-    return text
+def view(group: GroupInfo) -> group_replies.GroupView:
+    """A table row as the lines describe it (protocol/group_replies.py)."""
+    return group_replies.GroupView(
+        group.group_id, group.admin_id, tuple(group.members), tuple(group.invited), tuple(group.requests)
+    )
 
 
 # -- one handler per request ------------------------------------------------------
@@ -116,10 +115,10 @@ def handle_send(caller: Caller, request: Send, ipc: ServerIpc) -> Outcome:
                 RecordKind.PRIVATE,
                 caller,
                 request.text,
-                on_gone=lambda why: replies.error(
-                    f"client {target_id} disconnected; message discarded"
+                on_gone=lambda why: (
+                    replies.discarded(target_id)
                     if why == OFFLINE
-                    else f"message to {target_id} discarded: {why}"
+                    else replies.error(f"message to {target_id} discarded: {why}")
                 ),
             )
         ]
@@ -138,25 +137,17 @@ def handle_makegroup(caller: Caller, request: MakeGroup, ipc: ServerIpc) -> Outc
     group = created.group
     online = ipc.directory.online_by_id()
     out = Outcome()
-    verb = "invited" if request.invite_only else "added"
-    skipped = "".join(f"; not {verb}: {cid} ({why})" for cid, why in created.skipped.items())
-    if created.duplicates:
-        skipped += f"; named more than once, {verb} once: {', '.join(map(str, created.duplicates))}"
     if request.invite_only:
         out.replies.append(
-            replies.ok(
-                f"group {group.group_id} created; invited {', '.join(map(str, group.invited))}{skipped}"
+            group_replies.group_made_invite_only(
+                group.group_id, group.invited, created.skipped, created.duplicates
             )
         )
-        invite = replies.notice(
-            f"client {caller.client_id} invites you to group {group.group_id} (its admin is "
-            f"{caller.client_id}); to answer, type /joingroup {group.group_id} to join "
-            f"or /declinegroup {group.group_id} to decline"
-        )
+        invite = group_replies.group_invitation(caller.client_id, group.group_id)
         out.deliveries += notices((online[i] for i in group.invited if i in online), invite)
     else:
-        out.replies.append(replies.ok(f"{describe_group(group)} (created){skipped}"))
-        added = replies.notice(f"client {caller.client_id} added you to {describe_group(group)}")
+        out.replies.append(group_replies.group_made(view(group), created.skipped, created.duplicates))
+        added = group_replies.added_to_group(caller.client_id, view(group))
         out.deliveries += notices((online[i] for i in group.members[1:] if i in online), added)
     return out
 
@@ -170,28 +161,20 @@ def handle_joingroup(caller: Caller, request: JoinGroup, ipc: ServerIpc) -> Outc
     group = outcome.group
     gid = group.group_id
     if outcome.joined and outcome.already:
-        return Outcome(replies=[replies.ok(f"you are already a member of group {gid}")])
+        return Outcome(replies=[group_replies.already_member(gid)])
     if not outcome.joined and outcome.already:
-        return Outcome(replies=[replies.ok(f"you already asked to join group {gid}; waiting for its admin")])
+        return Outcome(replies=[group_replies.already_asked(gid)])
     online = ipc.directory.online_by_id()
     if outcome.joined:
-        news = replies.notice(f"client {caller.client_id} joined group {gid}")
+        news = group_replies.joined_group(caller.client_id, gid)
         return Outcome(
-            replies=[replies.ok(f"you joined {describe_group(group)}")],
+            replies=[group_replies.you_joined(view(group))],
             deliveries=notices(_members_except(group, online, caller.client_id), news),
         )
-    ask = replies.notice(
-        f"client {caller.client_id} asks to join group {gid}; "
-        f"answer /approve {gid} {caller.client_id} or /deny {gid} {caller.client_id}"
-    )
+    ask = group_replies.join_request(caller.client_id, gid)
     admin = [online[group.admin_id]] if group.admin_id in online else []
     return Outcome(
-        replies=[
-            replies.ok(
-                f"you are not invited to group {gid}; your request was sent to its admin {group.admin_id}"
-            )
-        ],
-        deliveries=notices(admin, ask),
+        replies=[group_replies.join_request_sent(gid, group.admin_id)], deliveries=notices(admin, ask)
     )
 
 
@@ -204,18 +187,13 @@ def handle_answer(caller: Caller, request: AnswerRequest, ipc: ServerIpc) -> Out
     requester = [online[who]] if who in online else []
     if not request.approve:
         return Outcome(
-            replies=[replies.ok(f"denied {who}'s request to join group {gid}")],
-            deliveries=notices(
-                requester, replies.notice(f"the admin of group {gid} denied your request to join")
-            ),
+            replies=[group_replies.request_denied_ok(who, gid)],
+            deliveries=notices(requester, group_replies.request_denied(gid)),
         )
-    out = Outcome(replies=[replies.ok(f"approved: {who} joined group {gid}")])
+    out = Outcome(replies=[group_replies.request_approved_ok(who, gid)])
+    out.deliveries += notices(requester, group_replies.request_approved(view(group)))
     out.deliveries += notices(
-        requester, replies.notice(f"the admin approved your request: you joined {describe_group(group)}")
-    )
-    out.deliveries += notices(
-        _members_except(group, online, caller.client_id, who),
-        replies.notice(f"client {who} joined group {gid}"),
+        _members_except(group, online, caller.client_id, who), group_replies.joined_group(who, gid)
     )
     return out
 
@@ -224,10 +202,9 @@ def handle_declinegroup(caller: Caller, request: DeclineGroup, ipc: ServerIpc) -
     group = ipc.directory.decline_invitation(request.group_id, caller.client_id)
     online = ipc.directory.online_by_id()
     admin = [online[group.admin_id]] if group.admin_id in online else []
-    news = replies.notice(f"client {caller.client_id} declined the invitation to group {group.group_id}")
+    news = group_replies.invitation_declined(caller.client_id, group.group_id)
     return Outcome(
-        replies=[replies.ok(f"declined the invitation to group {group.group_id}")],
-        deliveries=notices(admin, news),
+        replies=[group_replies.invitation_declined_ok(group.group_id)], deliveries=notices(admin, news)
     )
 
 
@@ -235,21 +212,18 @@ def handle_sendgroup(caller: Caller, request: SendGroup, ipc: ServerIpc) -> Outc
     group = ipc.directory.group_for_sender(request.group_id, caller.client_id)
     peers = _members_except(group, ipc.directory.online_by_id(), caller.client_id)
     if not peers:
-        return Outcome(
-            replies=[replies.notice(f"you are the only member of group {group.group_id}; not sent")]
-        )
+        return Outcome(replies=[group_replies.only_member(group.group_id)])
     return Outcome(
         deliveries=[deliver(p, RecordKind.GROUP, caller, request.text, group.group_id) for p in peers]
     )
 
 
 def handle_listgroups(caller: Caller, request: ListGroups, ipc: ServerIpc) -> Outcome:
-    groups = ipc.directory.groups(None if request.everyone else caller.client_id)
-    scope = "on the server" if request.everyone else "you belong to"
-    if not groups:
-        return Outcome(replies=[replies.groups_line(f"no groups {scope}")])
-    lines = [replies.groups_line(f"{len(groups)} group(s) {scope}")]
-    lines += [replies.groups_line(describe_group(g)) for g in groups]
+    found = ipc.directory.groups(None if request.everyone else caller.client_id)
+    if not found:
+        return Outcome(replies=[group_replies.no_groups(request.everyone)])
+    lines = [group_replies.groups_count(len(found), request.everyone)]
+    lines += [replies.groups_line(group_replies.group_description(view(g))) for g in found]
     return Outcome(replies=lines)
 
 
@@ -257,7 +231,8 @@ def handle_quit(caller: Caller, request: Quit, ipc: ServerIpc) -> Outcome:
     return Outcome(replies=[replies.bye(f"goodbye, {caller.client_id}")], quit=True)
 
 
-HANDLERS: dict[type, Callable[[Caller, Request, ServerIpc], Outcome]] = {
+#: Each handler takes its own request type (Request is their union).
+HANDLERS: dict[type, Callable[[Caller, Any, ServerIpc], Outcome]] = {
     Help: handle_help,
     Active: handle_active,
     Send: handle_send,
@@ -293,19 +268,11 @@ def departure_notices(left_id: int, how: str, changes: list[GroupChange], ipc: S
         if change.dissolved:
             # Invitees and requesters would otherwise learn it only from a failed /joingroup.
             waiting = [online[i] for i in group.invited + group.requests if i in online]
-            gone = replies.notice(f"group {gid} was dissolved: its last member, client {left_id}, left")
-            out += notices(waiting, gone)
+            out += notices(waiting, group_replies.group_dissolved(gid, left_id))
             continue
         members = _members_except(group, online)
-        text = f"client {left_id} left group {gid}"
-        if change.new_admin is not None:
-            text += f"; client {change.new_admin} is now its admin"
-        out += notices(members, replies.notice(text))
+        out += notices(members, group_replies.left_group(left_id, gid, change.new_admin))
         if change.new_admin is not None and group.requests and change.new_admin in online:
-            asking = ", ".join(map(str, group.requests))
-            inherited = replies.notice(
-                f"you are now the admin of group {gid}; waiting for your answer: {asking} "
-                f"(/approve {gid} <id> or /deny {gid} <id>)"
-            )
+            inherited = group_replies.admin_inherited(gid, group.requests)
             out += notices([online[change.new_admin]], inherited)
     return out

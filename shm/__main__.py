@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from protocol.wire import DEFAULT_PORT
 from shm.segments import list_objects, live_server_pid, remove_stale
 
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         "and its segments, read-only (segments attached with SHM_RDONLY, each lock held "
         "for one table read only).",
     )
-    p.add_argument("--port", type=int, default=5000, help="the server's port (default: %(default)s)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="the server's port (default: %(default)s)")
     p.add_argument(
         "--watch",
         type=float,

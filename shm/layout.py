@@ -2,8 +2,9 @@
 
 This module is the ``svshm_xfr.h`` of the project (see TLPI chapter 48): the
 records, their ``struct`` formats and offsets, the semaphore indices and the
-key scheme live here and nowhere else.  The tables in ``shm.tables`` use these
-declarations; nothing else in the project slices shared-memory bytes.
+key scheme live here and nowhere else.  The tables in ``shm.directory``
+(clients and groups) and ``shm.mailboxes`` (messages) use these declarations;
+nothing else in the project slices shared-memory bytes.
 ``docs/design.md`` draws the same layouts as byte tables.
 
 All integers are little-endian and the formats use explicit padding (``x``)
@@ -25,6 +26,9 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
+
+from protocol.wire import ID_MAX as ID_MAX  # re-exported: the tables draw ids from it
+from protocol.wire import ID_MIN as ID_MIN
 
 KEY_MAGIC = 0x5C4
 KEY_MAGIC_SHIFT = 20
@@ -75,11 +79,12 @@ def split_key(key: int) -> tuple[int, IpcObject] | None:
 # Limits.  Named once, used everywhere (the Redis habit).
 # ---------------------------------------------------------------------------
 
-#: Client ids and group ids are drawn from this one range; they never collide.
-ID_MIN = 10000
-ID_MAX = 99999
+#: Client ids and group ids are drawn from ID_MIN..ID_MAX, imported above from
+#: the wire contract (protocol/wire.py) because clients parse ids too.
 #: The spec's limit on connected clients.
 DEFAULT_MAX_CLIENTS = 5
+#: Rows of the group table unless the server is told otherwise (--max-groups).
+DEFAULT_MAX_GROUPS = 16
 #: The client table is sized at start; the waiters bitmap below caps it.
 MAX_CLIENTS_LIMIT = 256
 #: The spec's limit on members of a group, the admin included.

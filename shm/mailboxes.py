@@ -272,7 +272,13 @@ class MessageTable:
         return header + record.payload
 
     def _post_one(self, slot: int, generation: int, sender: int, data: bytes) -> PostResult:
-        """Copy one packed record into a ring; ``tail`` is stored last, as the commit."""
+        """Copy one packed record into a ring, then store ``tail``: the commit.
+
+        The pending count is added after ``tail``.  That is safe: the count is a
+        statistic (the inspector's), read by nobody to find records, so a
+        poster killed between the two stores leaves a record that is there and
+        a count one short, never a count for bytes that are not.
+        """
         view = self._view
         base = self._bases[slot]
         if (

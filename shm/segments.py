@@ -9,8 +9,8 @@ shm cleanup`` does the same for every port.
 
 A segment is *stale* when no process is attached to it or when the server
 pid written in its header is no longer alive.  Workers die with their parent
-(they ask the kernel for SIGTERM on parent death), so a killed server's
-segments quickly drop to zero attachments.
+(they ask the kernel for SIGKILL on parent death, with prctl PR_SET_PDEATHSIG),
+so a killed server's segments quickly drop to zero attachments.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ class ServerIpc:
         cls,
         port: int,
         max_clients: int = layout.DEFAULT_MAX_CLIENTS,
-        max_groups: int = 16,
+        max_groups: int = layout.DEFAULT_MAX_GROUPS,
         mailbox_bytes: int = layout.DEFAULT_MAILBOX_BYTES,
     ) -> ServerIpc:
         """Create a server's objects, reclaiming a dead server's first."""

@@ -136,3 +136,76 @@ def test_encode_line_appends_newline_and_refuses_embedded_ones():
     assert encode_line("hé") == "hé\n".encode()
     with pytest.raises(ValueError):
         encode_line("two\nlines")
+
+
+# -- data frames read partly off the socket (start_frame / read_size / raw_arrived) ----
+
+
+def test_a_frame_entirely_buffered_comes_out_as_data_then_its_end():
+    framer = LineFramer()
+    framer.feed(b"[data 1-1] 3\nabcnext\n")
+    assert framer.next_event() == Line("[data 1-1] 3")
+    framer.start_frame(3)
+    assert framer.direct_left == 0
+    assert drain(framer) == [Data(b"abc"), DataEnd(), Line("next")]
+    assert framer.read_size(1000) == 1000  # nothing was read off the socket: a normal read
+
+
+def test_the_rest_of_a_frame_is_left_to_the_socket_byte_by_byte():
+    framer = LineFramer()
+    framer.feed(b"[data 1-1] 5\nab")
+    assert framer.next_event() == Line("[data 1-1] 5")
+    framer.start_frame(5)
+    assert framer.direct_left == 3
+    assert framer.next_event() == Data(b"ab")  # the buffered part goes through the framer
+    assert framer.next_event() is NEED_DATA  # the frame is not over: the rest is in the socket
+    for left in (3, 2, 1):
+        assert framer.read_size(1000) == left  # never read past the frame's end
+        framer.raw_arrived(1)  # the caller read one byte straight into its file
+        assert framer.direct_left == left - 1
+        if left > 1:
+            assert framer.next_event() is NEED_DATA
+    assert framer.next_event() == DataEnd()
+    assert framer.read_size(1000) == 64  # right after: a header line's worth
+    framer.feed(b"next\n")
+    assert framer.read_size(1000) == 1000
+    assert drain(framer) == [Line("next")]
+
+
+def test_a_frame_with_nothing_buffered_is_read_off_the_socket_in_reads_of_any_size():
+    framer = LineFramer()
+    framer.feed(b"[data 1-1] 10\n")
+    assert framer.next_event() == Line("[data 1-1] 10")
+    framer.start_frame(10)
+    assert framer.next_event() is NEED_DATA  # no DataEnd before the frame's end
+    assert framer.read_size(4) == 4  # the caller's buffer limits the read too
+    framer.raw_arrived(4)
+    assert framer.read_size(100) == 6
+    framer.raw_arrived(6)
+    assert drain(framer) == [DataEnd()]
+    assert framer.read_size(32) == 32  # the header read is capped by the limit as well
+
+
+def test_a_zero_byte_frame_ends_at_once():
+    framer = LineFramer()
+    framer.feed(b"[data 1-1] 0\nafter\n")
+    assert framer.next_event() == Line("[data 1-1] 0")
+    framer.start_frame(0)
+    assert drain(framer) == [DataEnd(), Line("after")]
+
+
+def test_frame_misuse_is_a_programming_error():
+    framer = LineFramer()
+    with pytest.raises(ValueError):
+        framer.start_frame(-1)
+    with pytest.raises(ValueError):
+        framer.raw_arrived(1)  # no frame is waiting for socket bytes
+    framer.start_frame(4)
+    with pytest.raises(ValueError):
+        framer.start_frame(4)  # one frame at a time
+    with pytest.raises(ValueError):
+        framer.feed(b"x")  # the frame's bytes are reported with raw_arrived, not fed
+    with pytest.raises(ValueError):
+        framer.raw_arrived(5)  # more than the frame holds
+    framer.raw_arrived(4)
+    assert framer.next_event() == DataEnd()

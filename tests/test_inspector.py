@@ -170,12 +170,23 @@ def _segment_bytes(port: int) -> dict[IpcObject, bytes]:
     return out
 
 
+def _blocked_in_epoll(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/wchan") as wchan:
+            return wchan.read() == "do_epoll_wait"
+    except FileNotFoundError:
+        return False
+
+
 def test_inspector_changes_nothing(server, connect) -> None:
     a, b = connect(), connect()
     a.send(f"/makegroupreq {b.id}")
     a.expect(r"^\[ok\] group \d{5} created")
     b.expect(r"invites you")
-    time.sleep(0.2)  # let every worker finish its bookkeeping
+    # Every worker's bookkeeping is done once it is back in epoll_wait, blocked.
+    wait_until(
+        lambda: all(_blocked_in_epoll(p) for p in server.worker_pids()), what="the workers back in epoll_wait"
+    )
     before = _segment_bytes(server.port)
     for args in ((), ("--json",), ("--color", "always")):
         assert inspect(server.port, *args).returncode == 0

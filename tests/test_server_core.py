@@ -12,6 +12,7 @@ import time
 
 import pytest
 from conftest import ROOT, RawClient, ServerProcess, port_objects, python_env, sysv_objects
+from procinfo import attached, wait_until
 
 ID = r"(\d{5})"
 
@@ -81,12 +82,27 @@ def test_message_in_the_table_when_the_target_dies_is_bounced(server, connect):
     os.kill(b_worker, signal.SIGSTOP)  # B's worker cannot take its mail now
     try:
         a.send(f"/send {b.id} stuck in the mailbox")
-        time.sleep(0.3)
+        wait_until(lambda: _pending_mail(server.port), what="the message in B's mailbox")
     finally:
         os.kill(b_worker, signal.SIGKILL)
     line = a.expect(rf"client {b.id} disconnected before delivery").string
     assert "message discarded" in line and "stuck in the mailbox" in line
     a.expect(rf"client {b.id} disconnected \(its worker process died: SIGKILL\)")
+
+
+def _pending_mail(port: int) -> int:
+    """Records waiting in any mailbox of the server on ``port``."""
+    with attached(port) as ipc:
+        return sum(m.pending_records for m in ipc.messages.stats())
+
+
+def _state(pid: int) -> str:
+    """The process state letter from /proc (R, S, Z...); "gone" when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
 
 
 def _worker_of(pid: int, client: RawClient) -> bool:
@@ -224,8 +240,11 @@ def test_restart_after_sigkill_reclaims_stale_objects(start_server, connect):
     first = start_server()
     port = first.port
     connect(target=first)
+    workers = first.worker_pids()
+    assert workers
     first.kill()
-    time.sleep(0.3)  # the worker dies with its parent (PR_SET_PDEATHSIG)
+    # The worker dies with its parent (PR_SET_PDEATHSIG): wait until it has.
+    wait_until(lambda: all(_state(p) in ("Z", "X", "gone") for p in workers), what="the workers' death")
     leftovers = port_objects(port)
     assert len(leftovers) == 5
     second = start_server("--port", str(port))  # start_server adds --port 0 first; the last one wins
@@ -283,11 +302,11 @@ def test_line_mode_client_prints_lines_and_eof_means_quit(server, line_client, c
 
 def test_an_idle_server_uses_no_cpu(server, connect):
     clients = [connect() for _ in range(5)]
-    time.sleep(0.5)
     pids = [server.pid, *server.worker_pids()]
     assert len(pids) == 6
+    wait_until(lambda: all(_state(p) == "S" for p in pids), what="every process asleep")
     before = sum(_cpu_ticks(p) for p in pids)
-    time.sleep(2)
+    time.sleep(2)  # not a wait for something: the window in which idle CPU use is measured
     after = sum(_cpu_ticks(p) for p in pids)
     assert after - before <= 1, f"{after - before} ticks used by an idle server"
     del clients

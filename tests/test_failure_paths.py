@@ -19,10 +19,10 @@ import sys
 from contextlib import contextmanager
 
 import pytest
+from conftest import ROOT, ServerProcess, port_objects, python_env
 from procinfo import attached, spool_files, spool_of, wait_until
 from test_faults import announce, send_file, sha, worker_pid
 
-from conftest import ROOT, ServerProcess, port_objects, python_env
 from shm.directory import MAX_GROUPS_PER_ADMIN
 from shm.layout import RECORD_HEADER_SIZE, IpcObject
 from shm.locks import BinaryLock
@@ -202,7 +202,7 @@ def test_a_refused_fork_turns_away_only_the_newcomer(env, start_server, connect)
 
 
 def test_at_sigterm_a_lagging_worker_still_gets_its_goodbye(server, connect):
-    a, b, c, d = connect(), connect(), connect(), connect()
+    _, b, c, d = connect(), connect(), connect(), connect()
     with stopped(worker_pid(server.port, b.id)):
         fill_mailbox(server, c, d, b.id)
         server.proc.send_signal(signal.SIGTERM)

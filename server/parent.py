@@ -25,7 +25,6 @@ added.  The order of events is what makes it dependable:
 
 from __future__ import annotations
 
-import errno
 import gc
 import logging
 import os
@@ -39,11 +38,11 @@ from dataclasses import dataclass
 import sysv_ipc
 
 from protocol import replies
-from protocol.framing import encode_line
 from server import handlers
 from server.config import ServerConfig
 from server.doorbells import Doorbells
 from server.handlers import Caller
+from server.listener import Listener, Throttled, refuse
 from server.outbox import Delivery, Outbox
 from server.spool import Spool, SpoolInUse, decode_file_notice, encode_file_result
 from server.worker import WorkerExit, run_worker
@@ -56,34 +55,10 @@ log = logging.getLogger(__name__)
 
 #: While notices wait for room in a full mailbox, the loop retries this often.
 RETRY_SECONDS = 0.05
-#: accept() errors that mean "no resources now" (descriptors, buffers, memory).
-OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-#: How long the listener is left unwatched when even the reserve could not help.
-ACCEPT_PAUSE = 1.0
 #: What a newcomer is told when the server cannot make it a worker.
 NO_WORKER = "the server cannot start a worker for you right now; try again later"
-NO_DESCRIPTORS = "the server has no file descriptors left for you right now; try again later"
 
 _fork = faults.wrap("fork", os.fork)
-
-
-class Throttled:
-    """A log line that is written at most once a second, with a count of the ones held back."""
-
-    def __init__(self, level: int) -> None:
-        self.level = level
-        self._last = -1.0
-        self._held = 0
-
-    def __call__(self, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last < 1.0:
-            self._held += 1
-            return
-        if self._held:
-            message += f" (and {self._held} more like it in the last second)"
-        self._last, self._held = now, 0
-        log.log(self.level, message, *args)
 
 
 @dataclass(frozen=True)
@@ -117,18 +92,12 @@ class ChatServer:
         self.children: dict[int, Child] = {}
         self.stopping = False
         self.outbox: Outbox | None = None
-        self.listener: socket.socket | None = None
-        self._accept = None  # listener.accept, through the fault-injection wrapper
+        self.listener: Listener | None = None
         self.ipc: ServerIpc | None = None
         self.doorbells: Doorbells | None = None
         self.spool: Spool | None = None
         self.selector = selectors.DefaultSelector()
         self._wake_r = self._wake_w = -1
-        # A descriptor kept in reserve: closed to accept-and-refuse one client
-        # when accept() fails with EMFILE (the libev/libuv trick), then reopened.
-        self._reserve_fd = -1
-        self._listener_paused_until = 0.0
-        self._accept_failed = Throttled(logging.ERROR)
         self._fork_failed = Throttled(logging.ERROR)
 
     # -- start ---------------------------------------------------------------
@@ -141,13 +110,15 @@ class ChatServer:
         """
         cfg = self.config
         try:
-            listener = socket.create_server((cfg.host, cfg.port), backlog=128, reuse_port=False)
+            sock = socket.create_server((cfg.host, cfg.port), backlog=128, reuse_port=False)
         except OSError as exc:
             raise StartupError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from exc
-        self.listener = listener
-        self._accept = faults.wrap("accept", listener.accept)
-        listener.setblocking(False)
-        host, port = listener.getsockname()[:2]
+        host, port = sock.getsockname()[:2]
+        try:
+            self.listener = Listener(sock)
+        except OSError as exc:
+            sock.close()
+            raise StartupError(f"cannot open a descriptor: {exc.strerror or exc}") from exc
         try:
             self.ipc = ServerIpc.create(port, cfg.max_clients, cfg.max_groups, cfg.mailbox_bytes)
         except (IpcInUse, sysv_ipc.Error, OSError) as exc:
@@ -170,14 +141,13 @@ class ChatServer:
         self.spool = spool
         try:
             self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-            self._reserve_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise StartupError(f"cannot open a descriptor: {exc.strerror or exc}") from exc
         signal.set_wakeup_fd(self._wake_w)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the loop
-        self.selector.register(listener, selectors.EVENT_READ, "accept")
+        self.listener.watch(self.selector)
         self.selector.register(self._wake_r, selectors.EVENT_READ, "signal")
         return host, port
 
@@ -196,7 +166,8 @@ class ChatServer:
                         self.accept_all()
                 self.reap()
                 self.post_pending()
-                self._resume_listener()
+                if self.listener is not None:
+                    self.listener.resume_if_due()
         finally:
             self.shutdown()
 
@@ -205,8 +176,8 @@ class ChatServer:
         timeouts = []
         if self.outbox is not None and self.outbox.pending:
             timeouts.append(RETRY_SECONDS)
-        if self._listener_paused_until:
-            timeouts.append(max(0.0, self._listener_paused_until - time.monotonic()))
+        if self.listener is not None and (paused := self.listener.timeout()) is not None:
+            timeouts.append(paused)
         return min(timeouts) if timeouts else None
 
     def _drain_wakeups(self) -> None:
@@ -217,74 +188,14 @@ class ChatServer:
             pass
 
     def accept_all(self) -> None:
-        assert self.listener is not None and self.ipc is not None and self._accept is not None
-        while True:
-            try:
-                conn, addr = self._accept()  # accept4(2)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in OUT_OF_RESOURCES:
-                    self._out_of_resources(exc)
-                    return
-                # ECONNABORTED, EPROTO...: that one connection is gone; the next may be fine.
-                log.info("accept failed: %s", exc)
-                continue
+        assert self.listener is not None and self.ipc is not None
+        for conn, addr in self.listener.accept():
             info = self.ipc.directory.claim_slot(addr[0], addr[1])
             if info is None:
                 log.info("refused %s:%d: all %d slots in use", addr[0], addr[1], self.config.max_clients)
-                self.refuse(conn)
+                refuse(conn)
                 continue
             self.spawn(conn, Caller(info.slot, info.generation, info.client_id))
-
-    def _out_of_resources(self, exc: OSError) -> None:
-        """accept() cannot get a descriptor (or memory): refuse one newcomer, never spin.
-
-        The waiting connection keeps the listener readable, so simply going
-        back to ``select`` would wake at once, for ever, at full CPU.  With a
-        descriptor in reserve, give it up for a moment, accept the newcomer on
-        it, tell it why it cannot stay, and take the reserve back.  If that is
-        not possible either, stop watching the listener for a second.
-        """
-        self._accept_failed("accept failed: %s; refusing newcomers until resources free up", exc)
-        assert self.listener is not None
-        if exc.errno == errno.EMFILE and self._reserve_fd >= 0:
-            os.close(self._reserve_fd)
-            self._reserve_fd = -1
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                conn = None
-            if conn is not None:
-                self.refuse(conn, replies.error(NO_DESCRIPTORS))
-            try:
-                self._reserve_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                pass  # taken by someone else meanwhile: the pause below covers it
-            if conn is not None and self._reserve_fd >= 0:
-                return
-        self.selector.unregister(self.listener)
-        self._listener_paused_until = time.monotonic() + ACCEPT_PAUSE
-
-    def _resume_listener(self) -> None:
-        if self._listener_paused_until and time.monotonic() >= self._listener_paused_until:
-            self._listener_paused_until = 0.0
-            if self.listener is not None:
-                self.selector.register(self.listener, selectors.EVENT_READ, "accept")
-            if self._reserve_fd < 0:
-                try:
-                    self._reserve_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-                except OSError:
-                    pass
-
-    def refuse(self, conn: socket.socket, line: str = replies.CONNECTION_LIMIT) -> None:
-        conn.setblocking(False)
-        try:
-            conn.send(encode_line(line))
-            conn.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        conn.close()
 
     def spawn(self, conn: socket.socket, caller: Caller) -> None:
         assert self.ipc is not None and self.doorbells is not None and self.spool is not None
@@ -298,17 +209,15 @@ class ChatServer:
             self._fork_failed("cannot fork a worker for client %d: %s", caller.client_id, exc)
             self.ipc.messages.close(caller.slot, caller.generation)
             self.ipc.directory.release_slot(caller.slot, caller.generation)
-            self.refuse(conn, replies.error(NO_WORKER))
+            refuse(conn, replies.error(NO_WORKER))
             return
         if pid == 0:
             signal.set_wakeup_fd(-1)
             os.close(self._wake_r)
             os.close(self._wake_w)
-            if self._reserve_fd >= 0:
-                os.close(self._reserve_fd)
-            self.selector.close()
             assert self.listener is not None
-            self.listener.close()
+            self.listener.close(in_child=True)
+            self.selector.close()  # closes the child's descriptor only
             run_worker(caller, conn, self.ipc, self.doorbells, self.spool, self.config, parent_pid)
         conn.close()
         self.ipc.directory.set_worker_pid(caller.slot, caller.generation, pid)
@@ -411,10 +320,6 @@ class ChatServer:
         """Say goodbye, reap every worker, remove every IPC object and the spool."""
         self.stopping = True
         if self.listener is not None:
-            try:
-                self.selector.unregister(self.listener)
-            except (KeyError, ValueError):
-                pass
             self.listener.close()
             self.listener = None
         if self.outbox is not None:
@@ -458,10 +363,10 @@ class ChatServer:
             self.spool.remove()
             self.spool = None
         signal.set_wakeup_fd(-1)
-        for fd in (self._wake_r, self._wake_w, self._reserve_fd):
+        for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)
-        self._wake_r = self._wake_w = self._reserve_fd = -1
+        self._wake_r = self._wake_w = -1
         self.selector.close()
 
 

@@ -28,7 +28,6 @@ client left.
 from __future__ import annotations
 
 import ctypes
-import errno
 import logging
 import mmap
 import os
@@ -43,25 +42,23 @@ import sysv_ipc
 
 from protocol import commands, replies
 from protocol.commands import CommandError, DataFrame, SendFile, StreamError
-from protocol.framing import NEED_DATA, BadLine, Data, DataEnd, Line, LineFramer, encode_line, queue_unsent
-from server import handlers, lessons
+from protocol.framing import NEED_DATA, BadLine, Data, DataEnd, Line, LineFramer
+from server import handlers, lessons, mail
 from server.config import ServerConfig
+from server.connection import Connection
 from server.doorbells import Doorbells
 from server.downloads import Downloads
 from server.handlers import Caller, Outcome
 from server.outbox import Outbox
-from server.spool import Spool, decode_file_result
+from server.spool import Spool
 from server.uploads import Uploads
 from shm import faults
 from shm.layout import RecordKind
-from shm.mailboxes import Record
 from shm.segments import ServerIpc
 
 log = logging.getLogger(__name__)
 
 RECV_BYTES = 256 * 1024
-#: The read after a data frame: enough for the next frame's header line.
-FRAME_HEADER_READ = 64
 #: Seconds between updates of the slot's message counters in the client table.
 COUNT_INTERVAL = 1.0
 #: Posts pending before the outbox is flushed in the middle of a long read.
@@ -117,31 +114,21 @@ class Worker:
         config: ServerConfig,
     ) -> None:
         self.caller = caller
-        self.sock = sock
+        self.conn = Connection(sock, caller.client_id, on_lost=lambda: self.end(WorkerExit.CONNECTION_LOST))
         self.ipc = ipc
         self.doorbells = doorbells
         self.config = config
         self.framer = LineFramer()
-        self.out = bytearray()
         self.outbox = Outbox(ipc.messages, doorbells)
         self.uploads = Uploads(caller, ipc.directory, spool, config.max_file_size)
         self.downloads = Downloads(caller, ipc.directory)
         self.exit: WorkerExit | None = None
         self.farewell: list[str] = []  # the goodbye, said once everything before it is settled
         self.received = 0
-        # Bytes of the current data frame still in the socket: read straight into
-        # the upload (no framer copy) by read_socket.  See start_frame.
-        self.frame_direct = 0
-        self.frame_ended = False  # a frame just ended: the next read is a small one
         # Reused for every read.  An anonymous mapping, not a bytearray: its pages
         # stay untouched (not resident) until a read that large actually comes.
         self._recv_buffer = mmap.mmap(-1, RECV_BYTES)
         self._recv_view = memoryview(self._recv_buffer)
-        # The socket calls the fault-injection tests can make fail (shm.faults);
-        # without SHMCHAT_FAULTS these are the socket's own bound methods.
-        self._recv_into = faults.wrap("recv", sock.recv_into)
-        self._send = faults.wrap("send", sock.send)
-        self._sendmsg = faults.wrap("send", sock.sendmsg)
         # epoll itself rather than ``selectors``: the loop turns once or twice per
         # message, and the selectors layer above epoll cost about a microsecond a turn.
         self.poller = select.epoll()
@@ -160,20 +147,26 @@ class Worker:
             # us): the tables cannot be touched again, not even to say goodbye
             # through them.  Exiting gives back, through SEM_UNDO, any lock held.
             log.error("client %d: the shared tables failed: %s; closing", self.caller.client_id, exc)
-            self.say(replies.bye("the server lost its shared tables; closing the connection"))
-            self.exit = WorkerExit.TABLES_LOST
-            self.send_rest()
-            self.close_socket()
+            self.conn.say(replies.bye("the server lost its shared tables; closing the connection"))
+            self.end(WorkerExit.TABLES_LOST)
+            self.conn.send_rest()
+            self.conn.close()
         assert self.exit is not None
         return self.exit
 
+    def end(self, how: WorkerExit) -> None:
+        """The session is over (the first reason given is the one kept)."""
+        if self.exit is None:
+            self.exit = how
+        self.conn.closed = True
+
     def serve(self) -> None:
-        self.sock.setblocking(False)
+        self.conn.sock.setblocking(False)
         bell = self.doorbells.fileno(self.caller.slot)
-        self.poller.register(self.sock, select.EPOLLIN)
+        self.poller.register(self.conn.sock, select.EPOLLIN)
         self.poller.register(bell, select.EPOLLIN)
         online = len(self.ipc.directory.online())
-        self.say(replies.welcome(self.caller.client_id, online))
+        self.conn.say(replies.welcome(self.caller.client_id, online))
         self.take_mail()
         while self.exit is None:
             self.update_interest()
@@ -185,7 +178,7 @@ class Worker:
                         self.flush_outbox()
                 else:  # a hang-up or an error is reported to both, as selectors did
                     if events & (select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR):
-                        self.write_some()
+                        self.conn.write_some()
                     if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR) and self.exit is None:
                         self.read_socket()
             self.pump_output()
@@ -201,51 +194,37 @@ class Worker:
         # Stop reading while posts are waiting for room: the sender slows down.
         if not self.outbox.blocked:
             events |= select.EPOLLIN
-        if self.out or self.downloads:  # a download goes on as soon as the socket takes more
+        if self.conn.out or self.downloads:  # a download goes on as soon as the socket takes more
             events |= select.EPOLLOUT
         if events == self._interest:
             return  # unchanged: no epoll_ctl call
+        sock = self.conn.sock
         if events == 0:
             # Nothing to read or write: wait for the doorbell only.
-            self.poller.unregister(self.sock)
+            self.poller.unregister(sock)  # epoll_ctl(2)
         elif self._interest == 0:
-            self.poller.register(self.sock, events)
+            self.poller.register(sock, events)
         else:
-            self.poller.modify(self.sock, events)
+            self.poller.modify(sock, events)
         self._interest = events
 
     # -- socket input --------------------------------------------------------------
 
     def read_socket(self) -> None:
-        # Inside a data frame, read no further than its end: those bytes are all file.
-        # Right after one, read just a line's worth: most likely the next frame's
-        # header, so that its bytes too come straight from the socket, not through
-        # the framer (whose copies of large blocks cost more than the reads).
-        if self.frame_direct:
-            want = min(self.frame_direct, RECV_BYTES)
-        else:
-            want = FRAME_HEADER_READ if self.frame_ended else RECV_BYTES
-        self.frame_ended = False
-        try:
-            size = self._recv_into(self._recv_buffer, want)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            log.info("client %d: connection error: %s", self.caller.client_id, exc)
-            self.exit = WorkerExit.CONNECTION_LOST
+        # Inside a data frame the framer asks for no more than the frame's end, and
+        # those bytes go straight into the upload, with no copy through the framer.
+        direct = self.framer.direct_left > 0
+        size = self.conn.recv_into(self._recv_view, self.framer.read_size(RECV_BYTES))
+        if size is None:
             return
         if not size:
-            self.exit = WorkerExit.CONNECTION_LOST
+            self.end(WorkerExit.CONNECTION_LOST)
             return
-        if self.frame_direct:
-            self.frame_direct -= size
+        if direct:
+            self.framer.raw_arrived(size)
             self.apply(self.uploads.write(self._recv_view[:size]))
-            if not self.frame_direct:
-                self.uploads.close_frame()
-                self.frame_ended = True
-            self.flush_outbox()
-            return
-        self.framer.feed(self._recv_view[:size])
+        else:
+            self.framer.feed(self._recv_view[:size])
         self.process_input()
 
     def process_input(self) -> None:
@@ -264,10 +243,10 @@ class Worker:
                 if isinstance(event, Line):
                     self.handle_line(event.text)
                 elif isinstance(event, BadLine):
-                    self.say(replies.error(event.reason))
+                    self.conn.say(replies.error(event.reason))
                 elif isinstance(event, Data):
                     self.apply(self.uploads.write(event.chunk))
-                elif isinstance(event, DataEnd) and not self.frame_direct:  # else it goes on, from the socket
+                elif isinstance(event, DataEnd):
                     self.uploads.close_frame()
                 if len(self.outbox) >= FLUSH_BATCH:
                     self.flush_outbox()
@@ -285,14 +264,14 @@ class Worker:
             # Raw bytes of unknown length follow a bad frame header: they would
             # be read as commands.  The stream cannot be followed any more.
             log.info("client %d: bad data frame header; closing", self.caller.client_id)
-            self.say(replies.bye(f"{exc}; the byte stream cannot be followed, closing the connection"))
-            self.exit = WorkerExit.PROTOCOL_ERROR
+            self.conn.say(replies.bye(f"{exc}; the byte stream cannot be followed, closing the connection"))
+            self.end(WorkerExit.PROTOCOL_ERROR)
             return
         except CommandError as exc:
             if self.config.lesson_hooks and lessons.is_hook(line):
-                lessons.run_hook(line, self.ipc, self.say)
+                lessons.run_hook(line, self.ipc, self.conn.say)
                 return
-            self.say(replies.error(str(exc)))
+            self.conn.say(replies.error(str(exc)))
             return
         if isinstance(request, SendFile):
             self.apply(self.uploads.start(request))
@@ -305,29 +284,27 @@ class Worker:
             # The goodbye waits until the posts before it are delivered or reported.
             self.farewell = outcome.replies
             self.outbox.add(outcome.deliveries)
-            self.exit = WorkerExit.QUIT
+            self.end(WorkerExit.QUIT)
             return
         self.apply(outcome)
 
     def apply(self, outcome: Outcome) -> None:
         """Say a handler's (or an upload's) replies and queue its deliveries."""
         for line in outcome.replies:
-            self.say(line)
+            self.conn.say(line)
         self.outbox.add(outcome.deliveries)
 
     def start_frame(self, frame: DataFrame) -> None:
         # What the framer already holds goes through it; the rest of the frame is
         # read from the socket straight into the upload (read_socket).
-        buffered = min(frame.size, self.framer.buffered)
-        self.framer.expect_raw(buffered)
-        self.frame_direct = frame.size - buffered
+        self.framer.start_frame(frame.size)
         self.apply(self.uploads.open_frame(frame))
 
     # -- mail ------------------------------------------------------------------------
 
     def flush_outbox(self) -> None:
         for line in self.outbox.flush():
-            self.say(line)
+            self.conn.say(line)
 
     def take_mail(self) -> None:
         records, waiters = self.ipc.messages.take(self.caller.slot, self.caller.generation)
@@ -335,51 +312,15 @@ class Worker:
             self.doorbells.ring(slot)  # they were waiting for room in this mailbox
         for record in records:
             self.received += 1
-            self.render(record)
-
-    def render(self, record: Record) -> None:
-        kind = record.kind
-        if kind is RecordKind.FILE:
-            self.downloads.add(record)
-            return
-        if kind is RecordKind.SHUTDOWN:
-            self.say(replies.shutting_down())
-            self.exit = WorkerExit.SHUTDOWN
-            return
-        if kind is RecordKind.FILE_RESULT:
-            transfer, name, receiver, error = decode_file_result(record.payload)
-            label = f"file {transfer} '{name}'" if name else f"file {transfer}"  # the parent may not know it
-            if error is None:
-                self.say(replies.ok(f"{label} delivered to {receiver}"))
+            if record.kind is RecordKind.FILE:
+                self.downloads.add(record)
+            elif record.kind is RecordKind.SHUTDOWN:
+                self.conn.say(replies.shutting_down())
+                self.end(WorkerExit.SHUTDOWN)
             else:
-                self.say(replies.error(f"{label} not delivered to {receiver}: {error}"))
-            return
-        text = record.payload.decode("utf-8", "replace")
-        if kind is RecordKind.PRIVATE:
-            self.say(replies.private(record.sender_id, text))
-        elif kind is RecordKind.BROADCAST:
-            self.say(replies.broadcast(record.sender_id, text))
-        elif kind is RecordKind.GROUP:
-            self.say(replies.group_message(record.group_id, record.sender_id, text))
-        elif kind is RecordKind.NOTICE:
-            self.say(text)
-        elif kind is RecordKind.BOUNCE:
-            self.say(replies.bounced(record.sender_id, text))
+                self.conn.say(mail.render(record))
 
     # -- output ----------------------------------------------------------------------------
-
-    @property
-    def backlog(self) -> int:
-        return len(self.out)
-
-    @property
-    def closed(self) -> bool:
-        return self.exit is not None
-
-    def say(self, line: str) -> None:
-        self.out += encode_line(line.replace("\n", " "))
-        if len(self.out) > 64 * 1024:
-            self.write_some()
 
     def pump_output(self) -> None:
         """Write what is queued now, and keep file streams moving while the socket takes it.
@@ -391,65 +332,29 @@ class Worker:
         """
         for _ in range(16):
             self.stream_downloads()
-            if not self.out:
+            if not self.conn.out:
                 return
-            self.write_some()
-            if self.out or self.exit is not None:
+            self.conn.write_some()
+            if self.conn.out or self.exit is not None:
                 return  # the socket is full: EPOLLOUT will bring the loop back
         self.stream_downloads()
 
     def stream_downloads(self) -> None:
-        results = self.downloads.stream(self)
+        results = self.downloads.stream(self.conn)
         if results:
             self.outbox.add(results)
             self.flush_outbox()
 
-    def send_frame(self, header: bytes, body: memoryview) -> None:
-        """Queue one data frame: straight to the socket if nothing is queued before it.
-
-        Only what the socket does not take is copied into ``out``, so a download
-        moves from the spool to the socket without a new buffer per chunk.
-        """
-        sent = 0
-        if not self.out:
-            try:
-                sent = self._sendmsg([header, body])
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as exc:
-                self.write_failed(exc)
-                return
-        queue_unsent(self.out, header, body, sent)
-
-    def write_some(self) -> None:
-        if not self.out:
-            return
-        try:
-            sent = self._send(self.out)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self.write_failed(exc)
-            return
-        del self.out[:sent]
-
-    def write_failed(self, exc: OSError) -> None:
-        """The client's socket refused a write: the session is over."""
-        if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
-            log.info("client %d: write failed: %s", self.caller.client_id, exc)
-        self.exit = WorkerExit.CONNECTION_LOST
-        self.out.clear()
-
     def check_backlog(self) -> None:
-        if self.exit is None and len(self.out) > self.config.output_limit:
+        if self.exit is None and self.conn.backlog > self.config.output_limit:
             log.warning(
                 "client %d stopped reading: %d bytes of output backlog (limit %d); disconnecting",
                 self.caller.client_id,
-                len(self.out),
+                self.conn.backlog,
                 self.config.output_limit,
             )
-            self.out.clear()
-            self.exit = WorkerExit.TOO_SLOW
+            self.conn.out.clear()
+            self.end(WorkerExit.TOO_SLOW)
 
     def count_traffic(self, force: bool = False) -> None:
         """Add this worker's message counts to its row, at most once a second.
@@ -475,15 +380,15 @@ class Worker:
         self.uploads.discard_all()
         self.drain_outbox()
         for line in self.farewell:
-            self.say(line)
-        flushed = not self.out or (self.exit is not WorkerExit.TOO_SLOW and self.send_rest())
+            self.conn.say(line)
+        flushed = not self.conn.out or (self.exit is not WorkerExit.TOO_SLOW and self.conn.send_rest())
         # Tell each sender whether its file arrived (closing removes the link the
         # parent would otherwise have found; it reports only for dead workers).
         # A file whose last bytes just went out above did arrive.
         self.outbox.add(self.downloads.end_all(flushed))
         self.outbox.flush()  # best effort: a sender whose mailbox is full is told by nobody
         self.count_traffic(force=True)
-        self.close_socket()
+        self.conn.close()
 
     def drain_outbox(self) -> None:
         """Give pending posts ``leave_grace`` seconds to find room; report what is left.
@@ -509,24 +414,7 @@ class Worker:
                 len(self.outbox),
             )
             for line in self.outbox.discard(_discarded):
-                self.say(line)
-
-    def send_rest(self) -> bool:
-        """Write what is queued, waiting at most a second; True if it all went."""
-        try:
-            self.sock.settimeout(1.0)
-            self.sock.sendall(self.out)
-        except OSError:
-            return False
-        self.out.clear()
-        return True
-
-    def close_socket(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+                self.conn.say(line)
 
 
 def run_worker(

@@ -166,6 +166,7 @@ class Directory:
         # pack, then one copy: pack_into zero-fills the record before writing its
         # fields, so a worker killed inside it would leave a zeroed row behind.
         offset = SEGMENT_HEADER_SIZE + info.slot * CLIENT_RECORD_SIZE
+        # A store into shared memory: this slice assignment writes the client row.
         self._clients_view[offset : offset + CLIENT_RECORD_SIZE] = CLIENT_RECORD.pack(
             int(info.state),
             info.client_id,
@@ -194,6 +195,7 @@ class Directory:
 
     def _write_group(self, group: GroupInfo) -> None:
         offset = SEGMENT_HEADER_SIZE + group.slot * GROUP_RECORD_SIZE  # one copy, as in _write_client
+        # A store into shared memory: this slice assignment writes the group row.
         self._groups_view[offset : offset + GROUP_RECORD_SIZE] = GROUP_RECORD.pack(
             1,
             len(group.members),
@@ -329,7 +331,9 @@ class Directory:
         """Tell every cache that the client list changed (caller holds the lock)."""
         offset = layout.SEGMENT_EPOCH_OFFSET
         epoch = layout.SEGMENT_EPOCH.unpack_from(self._clients_view, offset)[0]
-        self._clients_view[offset : offset + 4] = layout.SEGMENT_EPOCH.pack((epoch + 1) & 0xFFFFFFFF)
+        self._clients_view[offset : offset + 4] = layout.SEGMENT_EPOCH.pack(
+            (epoch + 1) & 0xFFFFFFFF
+        )  # shm store
 
     def all_slots(self) -> list[ClientInfo]:
         with self.lock.held():

@@ -1,0 +1,155 @@
+"""The listening socket, and what the parent does when ``accept()`` fails.
+
+Most accept failures concern one connection (ECONNABORTED: it is gone; try
+the next).  The dangerous ones say the server is out of something: EMFILE
+and ENFILE (descriptors), ENOBUFS and ENOMEM.  The connection that could not
+be taken stays in the backlog and keeps the listener readable, so a loop
+that simply goes back to ``select`` wakes again at once, for ever, at full
+CPU, logging each time.  Two answers, as libev and libuv give them:
+
+* a descriptor kept in reserve: give it up for a moment, accept the
+  newcomer on it, tell it in one line why it cannot stay, close it, take the
+  reserve back;
+* when even that is not possible, stop watching the listener for a second.
+
+Service resumes by itself when descriptors free up, and the log gets at most
+one line a second (``Throttled``).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import socket
+import time
+from collections.abc import Iterator
+
+from protocol import replies
+from protocol.framing import encode_line
+from shm import faults
+
+log = logging.getLogger(__name__)
+
+#: accept() errors that mean "no resources now" (descriptors, buffers, memory).
+OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+#: How long the listener is left unwatched when even the reserve could not help.
+PAUSE_SECONDS = 1.0
+NO_DESCRIPTORS = "the server has no file descriptors left for you right now; try again later"
+
+
+class Throttled:
+    """A log line that is written at most once a second, with a count of the ones held back."""
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+        self._last = -1.0
+        self._held = 0
+
+    def __call__(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < 1.0:
+            self._held += 1
+            return
+        if self._held:
+            message += f" (and {self._held} more like it in the last second)"
+        self._last, self._held = now, 0
+        log.log(self.level, message, *args)
+
+
+def refuse(conn: socket.socket, line: str = replies.CONNECTION_LIMIT) -> None:
+    """Tell a connection in one line why it cannot stay, and close it."""
+    conn.setblocking(False)
+    try:
+        conn.send(encode_line(line))
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    conn.close()
+
+
+def _open_reserve() -> int:
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1  # taken by someone else meanwhile: the pause covers it
+
+
+class Listener:
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self._accept = faults.wrap("accept", sock.accept)  # shm.faults: the bound method unless a test asks
+        self._reserve_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self._selector: selectors.BaseSelector | None = None
+        self._paused_until = 0.0
+        self._failed = Throttled(logging.ERROR)
+
+    def watch(self, selector: selectors.BaseSelector) -> None:
+        self._selector = selector
+        selector.register(self.sock, selectors.EVENT_READ, "accept")
+
+    def accept(self) -> Iterator[tuple[socket.socket, tuple[str, int]]]:
+        """Every connection waiting now (accept4(2) until EAGAIN)."""
+        while True:
+            try:
+                conn, addr = self._accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in OUT_OF_RESOURCES:
+                    self._out_of_resources(exc)
+                    return
+                log.info("accept failed: %s", exc)  # that one connection is gone; the next may be fine
+                continue
+            yield conn, addr
+
+    def _out_of_resources(self, exc: OSError) -> None:
+        self._failed("accept failed: %s; refusing newcomers until resources free up", exc)
+        if exc.errno == errno.EMFILE and self._reserve_fd >= 0:
+            os.close(self._reserve_fd)
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                conn = None
+            if conn is not None:
+                refuse(conn, replies.error(NO_DESCRIPTORS))
+            self._reserve_fd = _open_reserve()
+            if conn is not None and self._reserve_fd >= 0:
+                return
+        if self._selector is not None:
+            self._selector.unregister(self.sock)
+        self._paused_until = time.monotonic() + PAUSE_SECONDS
+
+    def timeout(self) -> float | None:
+        """How long the parent may sleep before the listener must be watched again."""
+        if not self._paused_until:
+            return None
+        return max(0.0, self._paused_until - time.monotonic())
+
+    def resume_if_due(self) -> None:
+        if self._paused_until and time.monotonic() >= self._paused_until:
+            self._paused_until = 0.0
+            if self._selector is not None:
+                self._selector.register(self.sock, selectors.EVENT_READ, "accept")
+            if self._reserve_fd < 0:
+                self._reserve_fd = _open_reserve()
+
+    def close(self, in_child: bool = False) -> None:
+        """Stop listening: in the parent at shutdown, and in every forked worker.
+
+        A forked worker must not unregister: the epoll instance is shared with
+        the parent across fork, and epoll_ctl(DEL) there would remove the
+        listener from the parent's interest list.  It only closes its copies.
+        """
+        if self._selector is not None and not self._paused_until and not in_child:
+            try:
+                self._selector.unregister(self.sock)
+            except (KeyError, ValueError):
+                pass
+        self._selector = None
+        self.sock.close()
+        if self._reserve_fd >= 0:
+            os.close(self._reserve_fd)
+            self._reserve_fd = -1

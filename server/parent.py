@@ -73,13 +73,15 @@ def describe_exit(status: int) -> str | None:
         name = signal.Signals(os.WTERMSIG(status)).name
         return f"disconnected (its worker process died: {name})"
     code = os.WEXITSTATUS(status)
-    return {
+    known: dict[int, str | None] = {
         WorkerExit.QUIT: "left",
         WorkerExit.CONNECTION_LOST: "disconnected (connection lost)",
         WorkerExit.TOO_SLOW: "was disconnected (it stopped reading its messages)",
         WorkerExit.SHUTDOWN: None,
         WorkerExit.PROTOCOL_ERROR: "was disconnected (protocol error)",
-    }.get(code, f"disconnected (its worker failed with status {code})")
+        WorkerExit.TABLES_LOST: "disconnected (its worker could not use the shared tables)",
+    }
+    return known.get(code, f"disconnected (its worker failed with status {code})")
 
 
 class StartupError(Exception):

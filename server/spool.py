@@ -188,7 +188,7 @@ class Upload:
         self._hash = hashlib.sha256()
         self._fd = _open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | memoryview) -> None:
         if self.received + len(chunk) > self.size:
             raise ValueError(f"more bytes than the {self.size} announced")
         view = memoryview(chunk)

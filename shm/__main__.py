@@ -2,8 +2,13 @@
 
 python -m shm list              every shmchat segment and semaphore here
 python -m shm cleanup [--port]  remove what dead servers left behind
-python -m shm inspect --port P [--watch [SECONDS]] [--json]
+python -m shm inspect [--port P] [--watch [SECONDS]] [--json]
                                 a running server's tables, read-only (live with --watch)
+python -m shm trace [--port P] [--follow] [--json]
+                                a traced server's IPC steps as a sequence diagram
+
+Without --port, inspect and trace use the one shmchat server of this user
+that is running; with several they list them and ask for --port.
 """
 
 from __future__ import annotations
@@ -11,8 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protocol.wire import DEFAULT_PORT
+from shm.discovery import choose_port
 from shm.segments import list_objects, live_server_pid, remove_stale
+
+#: Seconds between two reads of the trace rings with --follow.
+FOLLOW_INTERVAL = 0.2
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -50,7 +58,76 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     # (a composition root), which no module imports; see docs/design.md, "Layering".
     from inspector.cli import inspect_command
 
-    return inspect_command(args.port, args.watch, args.json, args.color)
+    port, status = choose_port(args.port, "python -m shm inspect")
+    if port is None:
+        return status
+    return inspect_command(port, args.watch, args.json, args.color)
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    import json
+    import shutil
+    import time
+
+    from shm.trace import TraceUnavailable, UndoTracker, open_trace, with_undo
+    from shm.trace_view import TraceView
+
+    port, status = choose_port(args.port, "python -m shm trace")
+    if port is None:
+        return status
+    width = shutil.get_terminal_size((120, 40)).columns
+    view = TraceView(width)
+
+    def show(events: list) -> None:
+        if args.json:
+            for event in events:
+                print(json.dumps(event.as_json()))
+        else:
+            for line in view.feed(events):
+                print(line)
+        sys.stdout.flush()
+
+    try:
+        reader = open_trace(port)
+    except TraceUnavailable as exc:
+        print(f"python -m shm trace: {exc}", file=sys.stderr)
+        return 1
+    seen: dict[int, int] = {}  # ring -> last seq read
+    try:
+        events = reader.read(seen)
+    finally:
+        reader.release()
+    if not args.follow:
+        if not events:
+            print(f"the trace table of port {port} has no events yet", file=sys.stderr)
+        show(with_undo(events))
+        return 0
+    # Follow: read the new records every FOLLOW_INTERVAL (the rings have nothing
+    # to wait on: their writers never block or signal), attaching for each read
+    # only, like inspect --watch, so that a stopped server's segment goes at once.
+    # Events are held back until they are a little older than the read, so that
+    # one written meanwhile into a ring already read still comes out in order.
+    tracker = UndoTracker()
+    waiting = events
+    try:
+        while True:
+            horizon = time.monotonic_ns() - 20_000_000
+            ready = [e for e in waiting if e.t_ns < horizon]
+            waiting = [e for e in waiting if e.t_ns >= horizon]
+            show(tracker.feed(ready))
+            time.sleep(FOLLOW_INTERVAL)
+            try:
+                reader = open_trace(port)
+            except TraceUnavailable:
+                show(tracker.feed(waiting) + tracker.finish())
+                print(f"the server on port {port} has stopped", file=sys.stderr)
+                return 0
+            try:
+                waiting = sorted(waiting + reader.read(seen), key=lambda r: (r.t_ns, r.ring, r.seq))
+            finally:
+                reader.release()
+    except KeyboardInterrupt:
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         "and its segments, read-only (segments attached with SHM_RDONLY, each lock held "
         "for one table read only).",
     )
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="the server's port (default: %(default)s)")
+    p.add_argument(
+        "--port", type=int, default=None, help="the server's port (default: the one server running)"
+    )
     p.add_argument(
         "--watch",
         type=float,
@@ -85,6 +164,19 @@ def main(argv: list[str] | None = None) -> int:
         "--color", choices=("auto", "always", "never"), default="auto", help="colours (default: %(default)s)"
     )
     p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser(
+        "trace",
+        help="show a traced server's IPC steps as a sequence diagram (python -m server --trace)",
+        description="Read the trace table of a server started with --trace: every lock, post, "
+        "doorbell and wake-up of every process, one column per process, one row per event, "
+        "an arrow from each doorbell ring to the wake-up it caused.",
+    )
+    p.add_argument(
+        "--port", type=int, default=None, help="the server's port (default: the one server running)"
+    )
+    p.add_argument("--follow", action="store_true", help="keep drawing events as they come, until Ctrl-C")
+    p.add_argument("--json", action="store_true", help="one JSON object per event, oldest first")
+    p.set_defaults(func=cmd_trace)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -151,6 +151,9 @@ class MessageTable:
         self.mailbox_bytes = usable // max(self.capacity, 1) - MAILBOX_HEADER_SIZE
         # Where each mailbox starts, worked out once: the hot paths index this list.
         self._bases = [layout.mailbox_offset(slot, self.mailbox_bytes) for slot in range(self.capacity)]
+        #: A ``shm.trace.TraceWriter`` on a traced server (set by
+        #: ``ServerIpc.tracer_for``), else None: then ``post`` pays one test.
+        self.tracer = None
 
     @staticmethod
     def format(segment: sysv_ipc.SharedMemory, max_clients: int, server_pid: int) -> None:
@@ -248,12 +251,24 @@ class MessageTable:
                 result = self._post_one(
                     posting.slot, posting.generation, record.sender_slot, packed[id(record)]
                 )
+                if self.tracer is not None:
+                    self._trace_post(posting.slot, result, len(packed[id(record)]))
                 if result is PostResult.FULL:
                     full.add(posting.slot)
                 results.append(result)
         finally:
             self.lock.release()
         return results
+
+    _TRACE_RESULTS = {PostResult.DELIVERED: 0, PostResult.GONE: 1, PostResult.FULL: 2}
+
+    def _trace_post(self, slot: int, result: PostResult, size: int) -> None:
+        """Record where a post went (caller holds the lock, so ``tail`` is ours to read)."""
+        offset = 0
+        if result is PostResult.DELIVERED:  # the record ends at the new tail
+            tail = _U64.unpack_from(self._view, self._bases[slot] + MAILBOX_TAIL_OFFSET)[0]
+            offset = (tail - size) % self.mailbox_bytes
+        self.tracer.post(slot, offset, size, self._TRACE_RESULTS[result])
 
     def _pack(self, record: Record, now: float) -> bytes:
         """A record as it lies in a ring: its header, then its payload."""

@@ -88,7 +88,7 @@ class TraceView:
         self._drawn: tuple[int, ...] = ()  # the columns of the last header drawn
         self._rings: dict[int, list[TraceRecord]] = {}  # receiver id -> rings not yet answered
 
-    def _column(self, e: TraceRecord) -> int:
+    def add_column(self, e: TraceRecord) -> int:
         if e.pid not in self.labels:
             parent = e.ring == 0
             self.labels[e.pid] = f"parent pid {e.pid}" if parent else f"{e.who} pid {e.pid}"
@@ -110,7 +110,8 @@ class TraceView:
         return " " + text[: self.cell - 2].ljust(self.cell - 2) + " "
 
     def _time(self, t_ns: int) -> str:
-        return f"{(t_ns - (self.t0 or t_ns)) / 1000:>{TIME_WIDTH - 2},.3f}  "
+        start = t_ns if self.t0 is None else self.t0
+        return f"{(t_ns - start) / 1000:>{TIME_WIDTH - 2},.3f}  "
 
     def _row(self, e: TraceRecord) -> str:
         cells = [" " * self.cell for _ in self.columns]
@@ -159,7 +160,7 @@ class TraceView:
         for e in events:
             if self.t0 is None:
                 self.t0 = e.t_ns
-            self._column(e)
+            self.add_column(e)
             if tuple(self.columns) != self._drawn:
                 if self._drawn:
                     lines.append("")
@@ -169,5 +170,9 @@ class TraceView:
 
 
 def render(events: Iterable[TraceRecord], width: int = 120) -> list[str]:
-    """The whole diagram of these events."""
-    return TraceView(width).feed(events)
+    """The whole diagram of these events, under one header naming every process."""
+    events = list(events)
+    view = TraceView(width)
+    for event in events:
+        view.add_column(event)
+    return view.feed(events)

@@ -19,9 +19,6 @@ import sys
 from shm.discovery import choose_port
 from shm.segments import list_objects, live_server_pid, remove_stale
 
-#: Seconds between two reads of the trace rings with --follow.
-FOLLOW_INTERVAL = 0.2
-
 
 def cmd_list(args: argparse.Namespace) -> int:
     entries = list_objects(args.port)
@@ -54,8 +51,9 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    # The one import from shm/ into the inspector: this file is an entry point
-    # (a composition root), which no module imports; see docs/design.md, "Layering".
+    # The imports from shm/ into the inspector (here and in cmd_trace): this file
+    # is an entry point (a composition root), which no module imports; see
+    # docs/design.md, "Layering".
     from inspector.cli import inspect_command
 
     port, status = choose_port(args.port, "python -m shm inspect")
@@ -65,69 +63,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    import json
-    import shutil
-    import time
-
-    from shm.trace import TraceUnavailable, UndoTracker, open_trace, with_undo
-    from shm.trace_view import TraceView
+    from inspector.trace_cli import trace_command  # entry point: see cmd_inspect
 
     port, status = choose_port(args.port, "python -m shm trace")
     if port is None:
         return status
-    width = shutil.get_terminal_size((120, 40)).columns
-    view = TraceView(width)
-
-    def show(events: list) -> None:
-        if args.json:
-            for event in events:
-                print(json.dumps(event.as_json()))
-        else:
-            for line in view.feed(events):
-                print(line)
-        sys.stdout.flush()
-
-    try:
-        reader = open_trace(port)
-    except TraceUnavailable as exc:
-        print(f"python -m shm trace: {exc}", file=sys.stderr)
-        return 1
-    seen: dict[int, int] = {}  # ring -> last seq read
-    try:
-        events = reader.read(seen)
-    finally:
-        reader.release()
-    if not args.follow:
-        if not events:
-            print(f"the trace table of port {port} has no events yet", file=sys.stderr)
-        show(with_undo(events))
-        return 0
-    # Follow: read the new records every FOLLOW_INTERVAL (the rings have nothing
-    # to wait on: their writers never block or signal), attaching for each read
-    # only, like inspect --watch, so that a stopped server's segment goes at once.
-    # Events are held back until they are a little older than the read, so that
-    # one written meanwhile into a ring already read still comes out in order.
-    tracker = UndoTracker()
-    waiting = events
-    try:
-        while True:
-            horizon = time.monotonic_ns() - 20_000_000
-            ready = [e for e in waiting if e.t_ns < horizon]
-            waiting = [e for e in waiting if e.t_ns >= horizon]
-            show(tracker.feed(ready))
-            time.sleep(FOLLOW_INTERVAL)
-            try:
-                reader = open_trace(port)
-            except TraceUnavailable:
-                show(tracker.feed(waiting) + tracker.finish())
-                print(f"the server on port {port} has stopped", file=sys.stderr)
-                return 0
-            try:
-                waiting = sorted(waiting + reader.read(seen), key=lambda r: (r.t_ns, r.ring, r.seq))
-            finally:
-                reader.release()
-    except KeyboardInterrupt:
-        return 0
+    return trace_command(port, args.follow, args.json)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -151,9 +151,7 @@ class MessageTable:
         self.mailbox_bytes = usable // max(self.capacity, 1) - MAILBOX_HEADER_SIZE
         # Where each mailbox starts, worked out once: the hot paths index this list.
         self._bases = [layout.mailbox_offset(slot, self.mailbox_bytes) for slot in range(self.capacity)]
-        #: A ``shm.trace.TraceWriter`` on a traced server (set by
-        #: ``ServerIpc.tracer_for``), else None: then ``post`` pays one test.
-        self.tracer = None
+        self.tracer = None  # a shm.trace.TraceWriter when traced (ServerIpc.tracer_for)
 
     @staticmethod
     def format(segment: sysv_ipc.SharedMemory, max_clients: int, server_pid: int) -> None:
@@ -260,15 +258,11 @@ class MessageTable:
             self.lock.release()
         return results
 
-    _TRACE_RESULTS = {PostResult.DELIVERED: 0, PostResult.GONE: 1, PostResult.FULL: 2}
-
     def _trace_post(self, slot: int, result: PostResult, size: int) -> None:
-        """Record where a post went (caller holds the lock, so ``tail`` is ours to read)."""
-        offset = 0
-        if result is PostResult.DELIVERED:  # the record ends at the new tail
-            tail = _U64.unpack_from(self._view, self._bases[slot] + MAILBOX_TAIL_OFFSET)[0]
-            offset = (tail - size) % self.mailbox_bytes
-        self.tracer.post(slot, offset, size, self._TRACE_RESULTS[result])
+        """Where a post went (the lock is held: the new ``tail``, the record's end, is ours)."""
+        tail = _U64.unpack_from(self._view, self._bases[slot] + MAILBOX_TAIL_OFFSET)[0]
+        offset = (tail - size) % self.mailbox_bytes if result is PostResult.DELIVERED else 0
+        self.tracer.post(slot, offset, size, result.value)
 
     def _pack(self, record: Record, now: float) -> bytes:
         """A record as it lies in a ring: its header, then its payload."""

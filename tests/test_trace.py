@@ -22,12 +22,12 @@ import pytest
 import sysv_ipc
 from conftest import ROOT, TIMEOUT, python_env
 
+from inspector.trace_view import event_text, render
 from shm import layout
 from shm.discovery import running_servers
 from shm.layout import IpcObject, TraceEvent, WakeSource
 from shm.segments import ServerIpc, list_objects
-from shm.trace import TraceRecord, with_undo
-from shm.trace_view import event_text, render
+from shm.trace_reader import TraceRecord, with_undo
 
 
 def unused_port() -> int:
@@ -97,7 +97,7 @@ def test_a_ring_keeps_the_newest_records_in_order(traced):
 def test_every_field_reads_back_as_written(traced):
     writer = traced.tracer_for(0)
     writer.accept(2, 23456)
-    traced.tracer_for(3, 23456).post(2, offset=4096, nbytes=41, result=2)
+    traced.tracer_for(3, 23456).post(2, offset=4096, nbytes=41, result="full")
     accept, post = traced.trace.reader().read()
     assert (accept.event, accept.slot, accept.to, accept.ring) == (TraceEvent.ACCEPT, 2, 23456, 0)
     # The post names its receiver by the client id the parent wrote into ring 1 + slot.

@@ -13,7 +13,7 @@ time order, and for every doorbell an arrow from the ``ring`` to the
       871.950                       │ ─────── 59.5 µs ─────┼▶ wake doorbell
 
 Nothing here reads shared memory or the clock: ``TraceView.feed`` takes
-``shm.trace.TraceRecord``s, so the drawing is tested without a server, and
+``shm.trace_reader.TraceRecord``s, so the drawing is tested without a server, and
 ``--follow`` feeds it each refresh's new events.
 """
 
@@ -24,7 +24,7 @@ import signal
 from collections.abc import Iterable
 
 from shm.layout import TraceEvent, WakeSource
-from shm.trace import LOCK_NAMES, POST_RESULTS, SOURCE_NAMES, TraceRecord
+from shm.trace_reader import LOCK_NAMES, POST_RESULTS, SOURCE_NAMES, TraceRecord
 
 TIME_WIDTH = 12
 MIN_CELL = 16

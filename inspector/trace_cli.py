@@ -58,7 +58,10 @@ def trace_command(port: int, follow: bool, as_json: bool) -> int:
     if not follow:
         if not events:
             print(f"the trace table of port {port} has no events yet", file=sys.stderr)
-        show(with_undo(events))
+        events = with_undo(events)
+        for event in events:  # every process known at once: one header
+            view.add_column(event)
+        show(events)
         return 0
     tracker = UndoTracker()
     waiting = events

@@ -2,15 +2,20 @@
 
 One column per process (the parent first, then each worker, labelled with
 its client id and pid, in the order they first appear), one row per event in
-time order, and for every doorbell an arrow from the ``ring`` to the
-``wake`` it caused, labelled with the µs between them::
+time order (ms since the first one shown), and for every doorbell an arrow
+from the ``ring`` to the ``wake`` it caused, labelled with the µs between
+them (a real run, cut short)::
 
-       t (µs)  parent pid 4100      │ 10001 pid 4101       │ 10002 pid 4102
-    ──────────────────────────────────────────────────────────────────────────
-        0.000  accept slot 0 10001  │                      │
-      ...
-      812.412                       │ ring →10002          │
-      871.950                       │ ─────── 59.5 µs ─────┼▶ wake doorbell
+      t (ms)   parent pid 30760          │ 24203 pid 30771           │ 24376 pid 30772
+    ───────────────────────────────────────────────────────────────────────────────────
+     326.792                             │ recv 18 B                 │
+     327.272                             │ lock messages 5 µs        │
+     327.350                             │ post →24376 @0 29 B       │
+     327.355                             │ unlock messages           │
+     327.384                             │ ring →24376               │
+     327.482                             │───────── 97.5 µs ──────────▶ wake doorbell
+     327.653                             │                           │ take 1 rec 29 B
+     327.725                             │                           │ send 23 B
 
 Nothing here reads shared memory or the clock: ``TraceView.feed`` takes
 ``shm.trace_reader.TraceRecord``s, so the drawing is tested without a server, and
@@ -38,7 +43,7 @@ def _exit_text(status: int) -> str:
             name = signal.Signals(os.WTERMSIG(status)).name
         except ValueError:
             name = f"signal {os.WTERMSIG(status)}"
-        return f"killed by {name}"
+        return name
     if os.WIFEXITED(status):
         return f"exit {os.WEXITSTATUS(status)}"
     return f"status {status}"
@@ -53,7 +58,7 @@ def event_text(e: TraceRecord) -> str:
         case TraceEvent.FORK:
             return f"fork pid {e.child} ({e.to})"
         case TraceEvent.REAP:
-            return f"reap pid {e.child} {_exit_text(e.status)}"
+            return f"reap {e.child} {_exit_text(e.status)}"
         case TraceEvent.RECV:
             return f"recv {e.bytes} B"
         case TraceEvent.LOCK:
@@ -103,7 +108,7 @@ class TraceView:
         self.cell = max(MIN_CELL, min(MAX_CELL, (self.width - TIME_WIDTH) // count - 1))
         self._drawn = tuple(self.columns)
         names = [self._fit(self.labels[pid]) for pid in self.columns]
-        line = f"{'t (µs)':>{TIME_WIDTH - 2}}  " + "│".join(names)
+        line = f"{'t (ms)':>{TIME_WIDTH - 2}}  " + "│".join(names)
         return [line.rstrip(), "─" * min(len(line), self.width)]
 
     def _fit(self, text: str) -> str:
@@ -111,7 +116,7 @@ class TraceView:
 
     def _time(self, t_ns: int) -> str:
         start = t_ns if self.t0 is None else self.t0
-        return f"{(t_ns - start) / 1000:>{TIME_WIDTH - 2},.3f}  "
+        return f"{(t_ns - start) / 1_000_000:>{TIME_WIDTH - 2},.3f}  "
 
     def _row(self, e: TraceRecord) -> str:
         cells = [" " * self.cell for _ in self.columns]

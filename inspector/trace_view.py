@@ -77,7 +77,7 @@ def event_text(e: TraceRecord) -> str:
         case TraceEvent.SEND:
             return f"send {e.bytes} B"
         case TraceEvent.UNDO:
-            return f"✝ SEM_UNDO freed {lock}"
+            return f"✝ SEM_UNDO {lock}"
     return e.event.name.lower()
 
 

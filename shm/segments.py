@@ -21,6 +21,7 @@ import errno
 import logging
 import os
 from dataclasses import dataclass
+from typing import cast
 
 import sysv_ipc
 
@@ -180,8 +181,13 @@ class ServerIpc:
         messages_lock = locks[IpcObject.MESSAGES_SEMAPHORE]
         if IpcObject.TRACE_SEGMENT in segments:
             self.trace = TraceTable(segments[IpcObject.TRACE_SEGMENT])
-            directory_lock = TracedLock(directory_lock, IpcObject.DIRECTORY_SEMAPHORE, self.trace)
-            messages_lock = TracedLock(messages_lock, IpcObject.MESSAGES_SEMAPHORE, self.trace)
+            # A TracedLock has BinaryLock's interface (duck-typed; the tables cannot tell).
+            directory_lock = cast(
+                BinaryLock, TracedLock(directory_lock, IpcObject.DIRECTORY_SEMAPHORE, self.trace)
+            )
+            messages_lock = cast(
+                BinaryLock, TracedLock(messages_lock, IpcObject.MESSAGES_SEMAPHORE, self.trace)
+            )
             forget_writer_after_fork(self, ServerIpc._forget_writer)
         self.directory = Directory(
             segments[IpcObject.CLIENTS_SEGMENT],

@@ -47,6 +47,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import sysv_ipc
 
@@ -64,6 +65,8 @@ from shm.layout import (
 )
 from shm.locks import BinaryLock
 from shm.trace_reader import POST_RESULTS, TraceReader
+
+Owner = TypeVar("Owner")
 
 #: The record without its ``seq``: the part the writer stores before the commit.
 _BODY = struct.Struct("<" + TRACE_RECORD.format[2:])
@@ -252,7 +255,7 @@ class TraceWriter:
             TraceEvent.POST,
             to=self._table.owner(1 + slot),
             slot=slot,
-            offset=offset,
+            offset=offset if result == "delivered" else 0,  # one that went nowhere has none
             nbytes=nbytes,
             status=POST_RESULTS.index(result),
         )
@@ -356,7 +359,7 @@ class TracedLock:
         self._lock.remove()
 
 
-def forget_writer_after_fork(owner: object, forget: Callable[[object], None]) -> None:
+def forget_writer_after_fork(owner: Owner, forget: Callable[[Owner], None]) -> None:
     """Call ``forget(owner)`` in every child forked from now on (while ``owner`` lives).
 
     A child must never write into its parent's ring (a ring has one writer),

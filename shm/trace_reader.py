@@ -39,11 +39,11 @@ from shm.layout import (
     WakeSource,
 )
 
-LOCK_NAMES = {
+LOCK_NAMES: dict[int, str] = {
     IpcObject.DIRECTORY_SEMAPHORE: "directory",
     IpcObject.MESSAGES_SEMAPHORE: "messages",
 }
-SOURCE_NAMES = {WakeSource.DOORBELL: "doorbell", WakeSource.SOCKET: "socket"}
+SOURCE_NAMES: dict[int, str] = {WakeSource.DOORBELL: "doorbell", WakeSource.SOCKET: "socket"}
 POST_RESULTS = ("delivered", "gone", "full")  # the ``status`` field of a post
 
 #: The fields that mean something for each event (the JSON shows only these).

@@ -408,7 +408,7 @@ def test_a_traced_send_crosses_the_processes_in_order(start_server, connect):
 
 def subsequence(events: list[dict], wanted: list[tuple[str, dict]]) -> list[dict] | None:
     """The first events matching ``wanted`` in that order (others may come between)."""
-    found = []
+    found: list[dict] = []
     for event in events:
         name, fields = wanted[len(found)]
         if event["event"] == name and all(event.get(k) == v for k, v in fields.items()):

@@ -369,7 +369,6 @@ def test_discovery_alone_on_a_machine_finds_no_server_then_the_one(tmp_path):
     assert lines["trace"].startswith("1 ") and f"port {port} runs without --trace" in lines["trace"]
 
 
-@pytest.mark.xfail(strict=False, reason="needs server wiring")
 def test_a_traced_send_crosses_the_processes_in_order(start_server, connect):
     server = start_server("--trace")
     a, b = connect(target=server), connect(target=server)
@@ -416,3 +415,29 @@ def subsequence(events: list[dict], wanted: list[tuple[str, dict]]) -> list[dict
             if len(found) == len(wanted):
                 return found
     return None
+
+
+def trace_events(port: int) -> list[dict]:
+    result = shm("trace", "--port", str(port), "--json")
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_a_killed_lock_holder_shows_sem_undo_in_the_trace(start_server, connect):
+    server = start_server("--trace", "--lesson-hooks")
+    a, b, holder = (connect(target=server) for _ in range(3))
+    holder.send("/holdlock messages")
+
+    def holding():
+        mine = [e for e in trace_events(server.port) if e["who"] == holder.id and e["event"] != "send"]
+        return mine and mine[-1]["event"] == "lock" and mine[-1]["lock"] == "messages" and mine[-1]
+
+    pid = wait_until(holding, "the holder's lock in the trace")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    undo = wait_until(
+        lambda: [e for e in trace_events(server.port) if e["event"] == "undo" and e["pid"] == pid],
+        "the SEM_UNDO row",
+    )
+    assert undo == [{**undo[0], "who": holder.id, "lock": "messages", "derived": True}]
+    a.send(f"/send {b.id} still here")  # the lock is free again: everybody keeps chatting
+    b.expect(r"still here")

@@ -34,6 +34,7 @@ OBJECT_LABELS = {
     IpcObject.GROUPS_SEGMENT: "group table",
     IpcObject.DIRECTORY_SEMAPHORE: "lock of client + group tables",
     IpcObject.MESSAGES_SEMAPHORE: "lock of message table",
+    IpcObject.TRACE_SEGMENT: "trace table (--trace)",
 }
 GUARDS = {
     IpcObject.DIRECTORY_SEMAPHORE: "client + group tables",

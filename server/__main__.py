@@ -49,6 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="enable the lesson hooks (/holdlock): for classroom lessons and tests only",
     )
     parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="record every IPC step in a trace table, for python -m shm trace (off by default)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -81,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         max_file_size=args.max_file_size,
         spool_dir=args.spool_dir,
         lesson_hooks=args.lesson_hooks,
+        trace=args.trace,
     )
     return run(config)
 

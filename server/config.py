@@ -38,6 +38,8 @@ class ServerConfig:
     lock_patience: float = 2.0
     #: Enable the lesson hooks (``/holdlock``): for lessons and tests only.
     lesson_hooks: bool = False
+    #: Record every IPC step in the trace table (``python -m shm trace``).
+    trace: bool = False
 
     def spool_path(self, port: int) -> str:
         if self.spool_dir:

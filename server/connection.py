@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from protocol.framing import encode_line, queue_unsent
 from shm import faults
+from shm.trace import TraceWriter
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ class Connection:
         #: True once the session is over: nothing more is streamed to it.
         self.closed = False
         self._on_lost = on_lost
+        #: Records each write in the worker's trace ring (None without --trace).
+        self.tracer: TraceWriter | None = None
         self._recv_into = faults.wrap("recv", sock.recv_into)
         self._send = faults.wrap("send", sock.send)
         self._sendmsg = faults.wrap("send", sock.sendmsg)
@@ -67,6 +70,8 @@ class Connection:
         except OSError as exc:
             self._failed(exc)
             return
+        if self.tracer is not None:
+            self.tracer.send(sent)
         del self.out[:sent]
 
     def send_frame(self, header: bytes, body: memoryview) -> None:
@@ -84,6 +89,8 @@ class Connection:
             except OSError as exc:
                 self._failed(exc)
                 return
+            if self.tracer is not None:
+                self.tracer.send(sent)
         queue_unsent(self.out, header, body, sent)
 
     def _failed(self, exc: OSError) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 
 from shm import faults
+from shm.trace import TraceTable
 
 _eventfd = faults.wrap("eventfd", os.eventfd)
 
@@ -24,6 +25,9 @@ _eventfd = faults.wrap("eventfd", os.eventfd)
 class Doorbells:
     def __init__(self, count: int) -> None:
         self._fds: list[int] = []
+        #: The trace table of a traced server: each ring is then recorded, by
+        #: the ringing process's writer, before the eventfd write.
+        self.trace: TraceTable | None = None
         try:
             for _ in range(count):
                 self._fds.append(_eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))  # eventfd(2)
@@ -36,6 +40,8 @@ class Doorbells:
 
     def ring(self, slot: int) -> None:
         """Wake the worker of ``slot``.  Never blocks."""
+        if self.trace is not None and self.trace.writer is not None:
+            self.trace.writer.ring(slot)  # first: the wake it causes must come after it
         try:
             os.eventfd_write(self._fds[slot], 1)  # write(2) of 1 to the slot's eventfd
         except BlockingIOError:

@@ -35,7 +35,8 @@ def run_hook(line: str, ipc: ServerIpc, say: Callable[[str], None]) -> None:
     if len(which) != 1 or which[0] not in LOCKS:
         say(replies.error(f"usage: {HOLD_LOCK} {'|'.join(LOCKS)}"))
         return
-    lock = ipc.locks[LOCKS[which[0]]]
+    # The tables' own lock (a TracedLock on a traced server, so the trace shows it taken).
+    lock = ipc.directory.lock if LOCKS[which[0]] == IpcObject.DIRECTORY_SEMAPHORE else ipc.messages.lock
     log.warning("lesson hook: worker %d takes the %s lock and keeps it", os.getpid(), which[0])
     lock.reserve()  # semop P with SEM_UNDO: given back by the kernel when this process dies
     while True:

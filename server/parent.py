@@ -50,6 +50,7 @@ from shm import faults
 from shm.layout import RecordKind
 from shm.mailboxes import Posting, Record
 from shm.segments import IpcInUse, ServerIpc
+from shm.trace import TraceWriter
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class ChatServer:
         self.outbox: Outbox | None = None
         self.listener: Listener | None = None
         self.ipc: ServerIpc | None = None
+        self.tracer: TraceWriter | None = None
         self.doorbells: Doorbells | None = None
         self.spool: Spool | None = None
         self.selector = selectors.DefaultSelector()
@@ -122,9 +124,12 @@ class ChatServer:
             sock.close()
             raise StartupError(f"cannot open a descriptor: {exc.strerror or exc}") from exc
         try:
-            self.ipc = ServerIpc.create(port, cfg.max_clients, cfg.max_groups, cfg.mailbox_bytes)
+            self.ipc = ServerIpc.create(
+                port, cfg.max_clients, cfg.max_groups, cfg.mailbox_bytes, trace=cfg.trace
+            )
         except (IpcInUse, sysv_ipc.Error, OSError) as exc:
             raise StartupError(f"cannot create the shared memory for port {port}: {exc}") from exc
+        self.tracer = self.ipc.tracer_for(0)  # ring 0 of the trace table; None without --trace
         for lock in self.ipc.locks.values():
             lock.patience = cfg.lock_patience  # never wait for ever on a stopped worker
             lock.on_stuck = self._break_stall
@@ -132,6 +137,7 @@ class ChatServer:
             self.doorbells = Doorbells(cfg.max_clients)
         except OSError as exc:
             raise StartupError(f"cannot create the doorbells (eventfd): {exc.strerror or exc}") from exc
+        self.doorbells.trace = self.ipc.trace
         self.outbox = Outbox(self.ipc.messages, self.doorbells)
         spool = Spool(cfg.spool_path(port))
         try:
@@ -197,6 +203,8 @@ class ChatServer:
                 log.info("refused %s:%d: all %d slots in use", addr[0], addr[1], self.config.max_clients)
                 refuse(conn)
                 continue
+            if self.tracer is not None:
+                self.tracer.accept(info.slot, info.client_id)  # before the fork: names the slot's ring
             self.spawn(conn, Caller(info.slot, info.generation, info.client_id))
 
     def spawn(self, conn: socket.socket, caller: Caller) -> None:
@@ -222,6 +230,8 @@ class ChatServer:
             self.selector.close()  # closes the child's descriptor only
             run_worker(caller, conn, self.ipc, self.doorbells, self.spool, self.config, parent_pid)
         conn.close()
+        if self.tracer is not None:
+            self.tracer.fork(pid, caller.slot, caller.client_id)
         self.ipc.directory.set_worker_pid(caller.slot, caller.generation, pid)
         self.children[pid] = Child(pid, caller)
         log.info("client %d connected (slot %d, worker %d)", caller.client_id, caller.slot, pid)
@@ -264,6 +274,8 @@ class ChatServer:
                 return
             child = self.children.pop(pid, None)
             if child is not None:
+                if self.tracer is not None:
+                    self.tracer.reap(pid, child.caller.slot, child.caller.client_id, status)
                 self.departure(child, status)
 
     def departure(self, child: Child, status: int) -> None:

@@ -53,7 +53,7 @@ from server.outbox import Outbox
 from server.spool import Spool
 from server.uploads import Uploads
 from shm import faults
-from shm.layout import RecordKind
+from shm.layout import RecordKind, WakeSource
 from shm.segments import ServerIpc
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,8 @@ class Worker:
         # epoll itself rather than ``selectors``: the loop turns once or twice per
         # message, and the selectors layer above epoll cost about a microsecond a turn.
         self.poller = select.epoll()
+        self.tracer = ipc.tracer_for(1 + caller.slot, caller.client_id)  # None without --trace
+        self.conn.tracer = self.tracer
         self._interest = select.EPOLLIN  # what the socket is registered for (0: not at all)
         self._counted_at = 0.0
         self._counted_sent = 0
@@ -171,6 +173,8 @@ class Worker:
         while self.exit is None:
             self.update_interest()
             for fd, events in self.poller.poll():  # epoll_wait: sleeps until there is work
+                if self.tracer is not None:
+                    self.tracer.wake(WakeSource.DOORBELL if fd == bell else WakeSource.SOCKET)
                 if fd == bell:
                     self.doorbells.clear(self.caller.slot)
                     self.take_mail()
@@ -220,6 +224,8 @@ class Worker:
         if not size:
             self.end(WorkerExit.CONNECTION_LOST)
             return
+        if self.tracer is not None:
+            self.tracer.recv(size)
         if direct:
             self.framer.raw_arrived(size)
             self.apply(self.uploads.write(self._recv_view[:size]))
@@ -308,6 +314,8 @@ class Worker:
 
     def take_mail(self) -> None:
         records, waiters = self.ipc.messages.take(self.caller.slot, self.caller.generation)
+        if records and self.tracer is not None:
+            self.tracer.take(len(records), sum(record.size for record in records))
         for slot in waiters:
             self.doorbells.ring(slot)  # they were waiting for room in this mailbox
         for record in records:

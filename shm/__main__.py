@@ -2,8 +2,13 @@
 
 python -m shm list              every shmchat segment and semaphore here
 python -m shm cleanup [--port]  remove what dead servers left behind
-python -m shm inspect --port P [--watch [SECONDS]] [--json]
+python -m shm inspect [--port P] [--watch [SECONDS]] [--json]
                                 a running server's tables, read-only (live with --watch)
+python -m shm trace [--port P] [--follow] [--json]
+                                a traced server's IPC steps as a sequence diagram
+
+Without --port, inspect and trace use the one shmchat server of this user
+that is running; with several they list them and ask for --port.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protocol.wire import DEFAULT_PORT
+from shm.discovery import choose_port
 from shm.segments import list_objects, live_server_pid, remove_stale
 
 
@@ -46,11 +51,24 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    # The one import from shm/ into the inspector: this file is an entry point
-    # (a composition root), which no module imports; see docs/design.md, "Layering".
+    # The imports from shm/ into the inspector (here and in cmd_trace): this file
+    # is an entry point (a composition root), which no module imports; see
+    # docs/design.md, "Layering".
     from inspector.cli import inspect_command
 
-    return inspect_command(args.port, args.watch, args.json, args.color)
+    port, status = choose_port(args.port, "python -m shm inspect")
+    if port is None:
+        return status
+    return inspect_command(port, args.watch, args.json, args.color)
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from inspector.trace_cli import trace_command  # entry point: see cmd_inspect
+
+    port, status = choose_port(args.port, "python -m shm trace")
+    if port is None:
+        return status
+    return trace_command(port, args.follow, args.json)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         "and its segments, read-only (segments attached with SHM_RDONLY, each lock held "
         "for one table read only).",
     )
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="the server's port (default: %(default)s)")
+    p.add_argument(
+        "--port", type=int, default=None, help="the server's port (default: the one server running)"
+    )
     p.add_argument(
         "--watch",
         type=float,
@@ -85,6 +105,19 @@ def main(argv: list[str] | None = None) -> int:
         "--color", choices=("auto", "always", "never"), default="auto", help="colours (default: %(default)s)"
     )
     p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser(
+        "trace",
+        help="show a traced server's IPC steps as a sequence diagram (python -m server --trace)",
+        description="Read the trace table of a server started with --trace: every lock, post, "
+        "doorbell and wake-up of every process, one column per process, one row per event, "
+        "an arrow from each doorbell ring to the wake-up it caused.",
+    )
+    p.add_argument(
+        "--port", type=int, default=None, help="the server's port (default: the one server running)"
+    )
+    p.add_argument("--follow", action="store_true", help="keep drawing events as they come, until Ctrl-C")
+    p.add_argument("--json", action="store_true", help="one JSON object per event, oldest first")
+    p.set_defaults(func=cmd_trace)
     args = parser.parse_args(argv)
     return args.func(args)
 

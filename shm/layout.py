@@ -12,14 +12,16 @@ so that each field sits where the byte tables say, whatever the platform.
 
 Key scheme
 ----------
-A server owns five System V objects.  Their keys are derived from the TCP port
+A server owns five System V objects (six when it runs with ``--trace``: the
+trace table is a fourth segment).  Their keys are derived from the TCP port
 the server listens on, so that a restarted server (or ``python -m shm
 cleanup``) can find what a killed one left behind without a state file::
 
     key = 0x5C4 << 20  |  port << 4  |  object index
 
 ``0x5C4`` marks the key as shmchat's; ``ipcs`` shows a server on port 5000
-(0x1388) as keys ``0x5c413880`` to ``0x5c413884``.
+(0x1388) as keys ``0x5c413880`` to ``0x5c413884`` (and ``0x5c413885``, the
+trace table, when traced).
 """
 
 from __future__ import annotations
@@ -48,8 +50,11 @@ class IpcObject(IntEnum):
     GROUPS_SEGMENT = 2
     DIRECTORY_SEMAPHORE = 3
     MESSAGES_SEMAPHORE = 4
+    TRACE_SEGMENT = 5  # only with ``python -m server --trace``
 
 
+#: The segments every server has.  The trace segment is not one of them: an
+#: untraced server has exactly these three.
 SEGMENTS = (IpcObject.CLIENTS_SEGMENT, IpcObject.MESSAGES_SEGMENT, IpcObject.GROUPS_SEGMENT)
 SEMAPHORES = (IpcObject.DIRECTORY_SEMAPHORE, IpcObject.MESSAGES_SEMAPHORE)
 
@@ -198,3 +203,67 @@ def messages_segment_size(max_clients: int, mailbox_bytes: int) -> int:
 
 def mailbox_offset(slot: int, mailbox_bytes: int) -> int:
     return SEGMENT_HEADER_SIZE + slot * (MAILBOX_HEADER_SIZE + mailbox_bytes)
+
+
+# ---------------------------------------------------------------------------
+# Trace table (``--trace`` only): one ring of fixed-size event records per
+# process.  Ring 0 belongs to the parent, ring 1 + slot to the worker of that
+# slot.  Each ring has exactly one writer at any time, so it needs no lock:
+# see ``shm.trace`` for the protocol (a sequence number written last).
+# ---------------------------------------------------------------------------
+
+#: Events kept per ring; the oldest is overwritten by the newest.  A /send
+#: costs its sender's worker about six records and its receiver's three.
+TRACE_RECORDS_PER_RING = 1024
+
+#: client id of the ring's process (0 for the parent's ring; written by the
+#: parent before it forks the slot's worker), writer pid (written by the
+#: writer when it opens the ring), records in the ring.
+TRACE_RING_HEADER = struct.Struct("<IiI4x")
+TRACE_RING_HEADER_SIZE = TRACE_RING_HEADER.size  # 16
+
+#: seq (1, 2, 3... per ring; 0 = empty or being written; stored LAST, the
+#: commit point), t_ns (CLOCK_MONOTONIC), pid, who (client id, 0 = parent),
+#: event, lock (the semaphore's object index: 3 directory, 4 messages),
+#: source (of a wake: 1 doorbell, 2 socket), to (receiver's client id),
+#: bytes, waited_us, offset (in the receiver's mailbox ring), records,
+#: child (pid forked or reaped), status (wait status of a reaped worker),
+#: slot (the receiver's, or the forked or reaped worker's).
+TRACE_RECORD = struct.Struct("<QQiIHBBIIIIIiiH6x")
+TRACE_RECORD_SIZE = TRACE_RECORD.size  # 64
+TRACE_SEQ = struct.Struct("<Q")  # at offset 0 of a record
+
+
+class TraceEvent(IntEnum):
+    """The ``event`` field of a trace record."""
+
+    ACCEPT = 1  # parent: a connection accepted (slot, to = the new client id)
+    FORK = 2  # parent: a worker forked (child, slot, to)
+    REAP = 3  # parent: a worker reaped by waitpid (child, slot, to, status)
+    RECV = 4  # worker: bytes read from its client's socket
+    LOCK = 5  # any: a table lock taken (lock, waited_us)
+    UNLOCK = 6  # any: a table lock given back (lock)
+    POST = 7  # any: a record copied into a mailbox (to, slot, offset, bytes)
+    RING = 8  # any: a doorbell rung (to, slot)
+    WAKE = 9  # worker: epoll returned (source)
+    TAKE = 10  # worker: mail taken out of its mailbox (records, bytes)
+    SEND = 11  # worker: bytes written to its client's socket
+    UNDO = 12  # never written: the reader derives it (a lock SEM_UNDO gave back)
+
+
+class WakeSource(IntEnum):
+    DOORBELL = 1
+    SOCKET = 2
+
+
+def trace_rings(max_clients: int) -> int:
+    """The parent's ring and one per client slot."""
+    return 1 + max_clients
+
+
+def trace_ring_offset(ring: int, records: int = TRACE_RECORDS_PER_RING) -> int:
+    return SEGMENT_HEADER_SIZE + ring * (TRACE_RING_HEADER_SIZE + records * TRACE_RECORD_SIZE)
+
+
+def trace_segment_size(max_clients: int, records: int = TRACE_RECORDS_PER_RING) -> int:
+    return trace_ring_offset(trace_rings(max_clients), records)

@@ -29,7 +29,7 @@ import struct
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import sysv_ipc
 
@@ -151,6 +151,7 @@ class MessageTable:
         self.mailbox_bytes = usable // max(self.capacity, 1) - MAILBOX_HEADER_SIZE
         # Where each mailbox starts, worked out once: the hot paths index this list.
         self._bases = [layout.mailbox_offset(slot, self.mailbox_bytes) for slot in range(self.capacity)]
+        self.tracer: Any = None  # a shm.trace.TraceWriter when traced (ServerIpc.tracer_for)
 
     @staticmethod
     def format(segment: sysv_ipc.SharedMemory, max_clients: int, server_pid: int) -> None:
@@ -248,12 +249,18 @@ class MessageTable:
                 result = self._post_one(
                     posting.slot, posting.generation, record.sender_slot, packed[id(record)]
                 )
+                if self.tracer is not None:  # the lock is held: the new tail is the record's end
+                    self._trace_post(posting.slot, result, len(packed[id(record)]))
                 if result is PostResult.FULL:
                     full.add(posting.slot)
                 results.append(result)
         finally:
             self.lock.release()
         return results
+
+    def _trace_post(self, slot: int, result: PostResult, size: int) -> None:
+        tail = _U64.unpack_from(self._view, self._bases[slot] + MAILBOX_TAIL_OFFSET)[0]
+        self.tracer.post(slot, (tail - size) % self.mailbox_bytes, size, result.value)
 
     def _pack(self, record: Record, now: float) -> bytes:
         """A record as it lies in a ring: its header, then its payload."""

@@ -1,11 +1,12 @@
 """Creating, attaching, finding and removing one server's System V objects.
 
 The creator is the destroyer (TLPI's rule): the server parent creates the
-three segments and two semaphores before its first fork and removes them when
-it stops.  Workers inherit the attachments through ``fork``.  A server killed
-with SIGKILL cannot clean up, so ``create`` first looks for objects with the
-same keys and removes them when nobody is using them any more; ``python -m
-shm cleanup`` does the same for every port.
+three segments and two semaphores (and, with ``--trace``, the trace segment)
+before its first fork and removes them when it stops.  Workers inherit the
+attachments through ``fork``.  A server killed with SIGKILL cannot clean
+up, so ``create`` first looks for objects with the same keys and removes
+them when nobody is using them any more; ``python -m shm cleanup`` does the
+same for every port.
 
 A segment is *stale* when no process is attached to it or when the server
 pid written in its header is no longer alive.  Workers die with their parent
@@ -20,6 +21,7 @@ import errno
 import logging
 import os
 from dataclasses import dataclass
+from typing import cast
 
 import sysv_ipc
 
@@ -28,6 +30,7 @@ from shm.directory import Directory
 from shm.layout import IpcObject
 from shm.locks import BinaryLock
 from shm.mailboxes import MessageTable
+from shm.trace import TracedLock, TraceTable, TraceWriter, forget_writer_after_fork, format_segment
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +159,10 @@ class ServerIpc:
     """The five objects of one server: three segments and two locks.
 
     ``directory`` (client and group tables) and ``messages`` (the mailboxes)
-    are the tables built on them.
+    are the tables built on them.  A traced server has a sixth object, the
+    trace segment (``trace``, a ``shm.trace.TraceTable``); the tables then get
+    ``TracedLock``s, and each process records its steps through the writer
+    that ``tracer_for`` gives it.
     """
 
     def __init__(
@@ -170,15 +176,49 @@ class ServerIpc:
         self.segments = segments
         self.locks = locks
         self.owner = owner
+        self.trace: TraceTable | None = None
+        directory_lock = locks[IpcObject.DIRECTORY_SEMAPHORE]
+        messages_lock = locks[IpcObject.MESSAGES_SEMAPHORE]
+        if IpcObject.TRACE_SEGMENT in segments:
+            self.trace = TraceTable(segments[IpcObject.TRACE_SEGMENT])
+            # A TracedLock has BinaryLock's interface (duck-typed; the tables cannot tell).
+            directory_lock = cast(
+                BinaryLock, TracedLock(directory_lock, IpcObject.DIRECTORY_SEMAPHORE, self.trace)
+            )
+            messages_lock = cast(
+                BinaryLock, TracedLock(messages_lock, IpcObject.MESSAGES_SEMAPHORE, self.trace)
+            )
+            forget_writer_after_fork(self, ServerIpc._forget_writer)
         self.directory = Directory(
             segments[IpcObject.CLIENTS_SEGMENT],
             segments[IpcObject.GROUPS_SEGMENT],
-            locks[IpcObject.DIRECTORY_SEMAPHORE],
+            directory_lock,
         )
-        self.messages = MessageTable(
-            segments[IpcObject.MESSAGES_SEGMENT], locks[IpcObject.MESSAGES_SEMAPHORE]
-        )
+        self.messages = MessageTable(segments[IpcObject.MESSAGES_SEGMENT], messages_lock)
         self._closed = False
+
+    def tracer_for(self, ring: int, client_id: int | None = None) -> TraceWriter | None:
+        """This process's trace writer, or None when the server is not traced.
+
+        The parent calls ``ipc.tracer_for(0)`` once after ``create``; a worker
+        calls ``ipc.tracer_for(1 + slot, client_id)`` first thing after the
+        fork.  The writer becomes the one the locks and ``messages.post`` of
+        this process record into; call its other methods from the server
+        code, each behind ``if tracer is not None`` (see ``TraceWriter``).
+        A forked child starts with no writer at all, so it can never write
+        into its parent's ring.
+        """
+        if self.trace is None:
+            return None
+        writer = self.trace.open_ring(ring, client_id)
+        self.trace.writer = writer
+        self.messages.tracer = writer
+        return writer
+
+    def _forget_writer(self) -> None:
+        if self.trace is not None and not self._closed:
+            self.trace.writer = None
+            self.messages.tracer = None
 
     @classmethod
     def create(
@@ -187,8 +227,16 @@ class ServerIpc:
         max_clients: int = layout.DEFAULT_MAX_CLIENTS,
         max_groups: int = layout.DEFAULT_MAX_GROUPS,
         mailbox_bytes: int = layout.DEFAULT_MAILBOX_BYTES,
+        trace: bool = False,
+        trace_records: int = layout.TRACE_RECORDS_PER_RING,
     ) -> ServerIpc:
-        """Create a server's objects, reclaiming a dead server's first."""
+        """Create a server's objects, reclaiming a dead server's first.
+
+        With ``trace`` also the trace segment: one ring of ``trace_records``
+        events for the parent and one per client slot.  Without it exactly
+        the three segments and two semaphores, as always (a trace segment a
+        dead traced server left behind is reclaimed with the rest).
+        """
         if not 1 <= max_clients <= layout.MAX_CLIENTS_LIMIT:
             raise ValueError(f"max clients must be 1..{layout.MAX_CLIENTS_LIMIT}")
         if mailbox_bytes < layout.RECORD_HEADER_SIZE + layout.MAX_RECORD_PAYLOAD:
@@ -208,6 +256,8 @@ class ServerIpc:
             IpcObject.MESSAGES_SEGMENT: layout.messages_segment_size(max_clients, mailbox_bytes),
             IpcObject.GROUPS_SEGMENT: layout.groups_segment_size(max_groups),
         }
+        if trace:
+            sizes[IpcObject.TRACE_SEGMENT] = layout.trace_segment_size(max_clients, trace_records)
         segments: dict[IpcObject, sysv_ipc.SharedMemory] = {}
         locks: dict[IpcObject, BinaryLock] = {}
         try:
@@ -227,12 +277,22 @@ class ServerIpc:
             me,
         )
         MessageTable.format(segments[IpcObject.MESSAGES_SEGMENT], max_clients, me)
+        if trace:
+            format_segment(
+                segments[IpcObject.TRACE_SEGMENT], layout.trace_rings(max_clients), trace_records, me
+            )
         return cls(port, segments, locks, owner=True)
 
     @classmethod
     def attach(cls, port: int) -> ServerIpc:
-        """Attach to a running server's objects (the inspector, tests)."""
+        """Attach to a running server's objects (tests), its trace segment too if it has one."""
         segments = {obj: sysv_ipc.SharedMemory(layout.ipc_key(port, obj)) for obj in layout.SEGMENTS}
+        try:
+            segments[IpcObject.TRACE_SEGMENT] = sysv_ipc.SharedMemory(
+                layout.ipc_key(port, IpcObject.TRACE_SEGMENT)
+            )
+        except sysv_ipc.ExistentialError:
+            pass  # an untraced server
         for obj, segment in segments.items():
             magic, version, *_ = layout.SEGMENT_HEADER.unpack(segment.read(layout.SEGMENT_HEADER.size, 0))
             if magic != layout.SEGMENT_MAGIC or version != layout.LAYOUT_VERSION:
@@ -251,6 +311,8 @@ class ServerIpc:
         self._closed = True
         self.directory.release()
         self.messages.release()
+        if self.trace is not None:
+            self.trace.release()
         if self.owner:
             _destroy(self.segments, self.locks)
         else:

@@ -43,6 +43,8 @@ def documented_fields(heading: str) -> list[tuple[int, int]]:
         ("Group record", layout.GROUP_RECORD),
         ("Mailbox header", layout.MAILBOX_HEADER),
         ("Message record", layout.RECORD_HEADER),
+        ("Trace ring header", layout.TRACE_RING_HEADER),
+        ("Trace record", layout.TRACE_RECORD),
     ],
 )
 def test_design_byte_table_matches_the_declared_struct(heading, record):

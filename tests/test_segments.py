@@ -23,7 +23,9 @@ def test_create_makes_three_segments_and_two_semaphores_and_close_removes_them()
     tables = ServerIpc.create(port, max_clients=3)
     objects = list_objects(port)
     assert sorted(e.kind for e in objects) == ["sem", "sem", "shm", "shm", "shm"]
-    assert {e.key for e in objects} == {layout.ipc_key(port, obj) for obj in layout.IpcObject}
+    assert {e.key for e in objects} == {
+        layout.ipc_key(port, obj) for obj in (*layout.SEGMENTS, *layout.SEMAPHORES)
+    }
     tables.close()
     assert list_objects(port) == []
 

@@ -1072,7 +1072,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "Chat messages: shmchat against its floor (C) and ngIRCd, interleaved rounds, same-run ratios."
         ),
     )
-    parser.add_argument("--quick", action="store_true", help="a short run (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="a short run (about a minute)")
     parser.add_argument("--rounds", type=int, help="core rounds (default: 7, --quick: 2)")
     parser.add_argument(
         "--scaling-rounds", type=int, help="rounds at 5/50/200 clients (default: 3, --quick: 1)"

@@ -1,6 +1,6 @@
-"""Chat messages: shmchat against ngIRCd, same harness, interleaved rounds.
+"""Chat messages: shmchat against its design's floor and ngIRCd, same harness, interleaved rounds.
 
-``python -m bench.chat`` (or ``python -m bench``) starts both servers itself on
+``python -m bench.chat`` (or ``python -m bench``) starts the servers itself on
 127.0.0.1 and drives them with the same client code through a small adapter
 (connect and register, one-to-one message, broadcast, what a received message
 looks like).  ngIRCd is the reference: a small, well-regarded single-process
@@ -10,10 +10,18 @@ generated into a temporary folder: no DNS, ident or PAM lookups,
 throttle does not cap throughput.  One-to-one is ``PRIVMSG <nick>``; a
 broadcast is ``PRIVMSG #all``, a channel every client joined.
 
-Rounds are interleaved, shmchat then ngIRCd, again and again, and every ratio
-(shmchat / ngIRCd) is computed inside one round, so that the drift of a shared
-machine hits both alike.  The summary gives the median of the ratios and the
-median of the absolute figures.
+The floor (``bench/floor/floor.c``) is a lean C build of exactly shmchat's
+design: a worker process per client, the client and message tables in
+System V segments under SEM_UNDO semaphores, one eventfd per slot.  It tells
+how much of the distance to ngIRCd is the design and how much is Python.
+The benchmark builds it with ``cc -O2`` into a temporary folder (and skips it,
+saying so, without a compiler or with ``--no-floor``); it speaks shmchat's
+dialect, so the shmchat adapter drives it.
+
+Rounds are interleaved, shmchat, the floor, ngIRCd, again and again, and every
+ratio (shmchat / ngIRCd, shmchat / floor, floor / ngIRCd) is computed inside
+one round, so that the drift of a shared machine hits all alike.  The summary
+gives the median of the ratios and the median of the absolute figures.
 
 Core rounds (shmchat with ``--max-clients 60``), five clients A, B and three
 more, later 51:
@@ -39,7 +47,9 @@ Scaling rounds (shmchat with ``--max-clients 256``), at 5, 50 and 200 clients:
 ``--json FILE`` keeps every round's figures and ``--report FILE`` prints
 their summary again.  ``--profile DIR`` instead runs only shmchat, records
 its two workers with py-spy (raw collapsed stacks) during round trips and
-a throughput run, and prints where their busy time goes.
+a throughput run, and prints where their busy time goes; then, with no
+profiler attached, the CPU each worker of shmchat and of the floor spends per
+message relayed.
 
 The client side is Python (one process drives every socket); it costs the
 same for both servers, so it lowers the ratios' contrast a little but does
@@ -210,7 +220,7 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
             proc.wait()
 
 
-# -- the two servers, behind one adapter ---------------------------------------------
+# -- the servers, behind one adapter -------------------------------------------------
 
 
 class ChatServer:
@@ -289,7 +299,7 @@ class Shmchat(ChatServer):
         if self._stderr is not None:
             text = self.stderr_text().strip()
             if text:
-                log(f"shmchat stderr: {text}")
+                log(f"{self.name} stderr: {text}")
             self._stderr.close()
             self._stderr = None
 
@@ -308,6 +318,60 @@ class Shmchat(ChatServer):
 
     def broadcast(self, text: str) -> bytes:
         return f"/broadcast {text}\n".encode()
+
+
+class Floor(Shmchat):
+    """shmchat's design in lean C (``bench/floor/floor.c``): the floor of the design.
+
+    It speaks shmchat's wire dialect, so the Shmchat adapter's connect,
+    private and broadcast serve it unchanged.  It is built once per run with
+    the system C compiler (``cc -O2``) into a temporary folder.
+    """
+
+    name = "floor"
+    SOURCE = REPO / "bench" / "floor" / "floor.c"
+    _binary: str | None = None
+    _folder: tempfile.TemporaryDirectory | None = None
+
+    @classmethod
+    def build(cls) -> str | None:
+        """Compile floor.c once; None (and one line saying why) when there is no compiler."""
+        if cls._binary is not None:
+            return cls._binary
+        compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+        if compiler is None:
+            log("floor: no C compiler (cc) found; the floor of the design is skipped")
+            return None
+        cls._folder = tempfile.TemporaryDirectory(prefix="shmchat-bench-floor-")
+        binary = os.path.join(cls._folder.name, "floor")
+        command = [compiler, "-O2", "-std=gnu11", "-o", binary, str(cls.SOURCE)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            log(f"floor: {' '.join(command)} failed; the floor is skipped:\n{done.stderr[-2000:]}")
+            return None
+        log(f"floor: built {cls.SOURCE.relative_to(REPO)} with {Path(compiler).name} -O2 into {binary}")
+        cls._binary = binary
+        return binary
+
+    def start(self, max_clients: int) -> None:
+        binary = self.build()
+        if binary is None:
+            raise RuntimeError("the floor could not be built")
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [binary, "0", str(max_clients)],
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], TIMEOUT)
+        first = self.proc.stdout.readline().decode() if ready else ""
+        found = re.search(r"listening on [\d.]+:(\d+)", first)
+        if not found:
+            self.stop()
+            raise RuntimeError(f"the floor did not start: {first!r} {self.stderr_text()}")
+        self.port = int(found.group(1))
 
 
 class Ngircd(ChatServer):
@@ -649,20 +713,32 @@ class Results:
     def values(self, name: str, metric: str) -> list[float]:
         return [r[name][metric] for r in self.rounds if name in r and metric in r[name]]
 
-    def ratios(self, metric: str) -> list[float]:
+    def ratios(self, metric: str, top: str = "shmchat", bottom: str = "ngIRCd") -> list[float]:
+        """``top / bottom`` inside each round that measured both."""
         out = []
         for r in self.rounds:
-            s, n = r.get("shmchat", {}).get(metric), r.get("ngIRCd", {}).get(metric)
+            s, n = r.get(top, {}).get(metric), r.get(bottom, {}).get(metric)
             if s is not None and n:
                 out.append(s / n)
         return out
 
 
-def run_rounds(kind: str, count_: int, step: Callable[[ChatServer], dict[str, float]]) -> Results:
+#: The three ratios the report gives, each computed inside a round.
+RATIOS = (("shmchat", "ngIRCd"), ("shmchat", "floor"), ("floor", "ngIRCd"))
+
+
+def servers(with_floor: bool) -> list[ChatServer]:
+    """One round's servers, in the order they run: shmchat, the floor, ngIRCd."""
+    return [Shmchat(), *([Floor()] if with_floor else []), Ngircd()]
+
+
+def run_rounds(
+    kind: str, count_: int, step: Callable[[ChatServer], dict[str, float]], with_floor: bool = True
+) -> Results:
     results = Results()
     for number in range(1, count_ + 1):
         row: dict[str, dict[str, float]] = {}
-        for server in (Shmchat(), Ngircd()):
+        for server in servers(with_floor):
             started = time.monotonic()
             row[server.name] = step(server)
             shown = ", ".join(f"{k} {v:.4g}" for k, v in row[server.name].items())
@@ -684,36 +760,60 @@ class Metric:
     limit: float | None = None  # goal on shmchat's own figure, in every round
     digits: int = 0
     scale: float = 1.0  # from the stored figure to the unit shown
+    # Issue 13's goals: on the ratio shmchat / floor, or on shmchat's own figure.
+    floor_at_most: float | None = None
+    floor_at_least: float | None = None
+    floor_limit: float | None = None
 
     @property
     def goal(self) -> str:
-        if self.at_most is not None:
-            return f"≤ {self.at_most:g}x"
-        if self.at_least is not None:
-            return f"≥ {self.at_least:g}x"
-        if self.limit is not None:
-            return f"{self.limit:g} {self.unit}" if self.limit == 0 else f"≤ {self.limit:g} {self.unit}"
+        return self._goal(self.at_most, self.at_least, self.limit)
+
+    @property
+    def floor_goal(self) -> str:
+        return self._goal(self.floor_at_most, self.floor_at_least, self.floor_limit)
+
+    def _goal(self, at_most: float | None, at_least: float | None, limit: float | None) -> str:
+        if at_most is not None:
+            return f"≤ {at_most:g}x"
+        if at_least is not None:
+            return f"≥ {at_least:g}x"
+        if limit is not None:
+            return f"{limit:g} {self.unit}" if limit == 0 else f"≤ {limit:g} {self.unit}"
         return ""
 
     def met(self, ratio: float | None, figures: list[float]) -> str:
-        if self.at_most is not None and ratio is not None:
-            ok = ratio <= self.at_most
-        elif self.at_least is not None and ratio is not None:
-            ok = ratio >= self.at_least
-        elif self.limit is not None and figures:
-            ok = max(figures) * self.scale <= self.limit
+        return self._met(self.at_most, self.at_least, self.limit, ratio, figures)
+
+    def floor_met(self, ratio: float | None, figures: list[float]) -> str:
+        return self._met(self.floor_at_most, self.floor_at_least, self.floor_limit, ratio, figures)
+
+    def _met(
+        self,
+        at_most: float | None,
+        at_least: float | None,
+        limit: float | None,
+        ratio: float | None,
+        figures: list[float],
+    ) -> str:
+        if at_most is not None and ratio is not None:
+            ok = ratio <= at_most
+        elif at_least is not None and ratio is not None:
+            ok = ratio >= at_least
+        elif limit is not None and figures:
+            ok = max(figures) * self.scale <= limit
         else:
             return ""
         return "yes" if ok else "**no**"
 
 
 CORE_METRICS = [
-    Metric("rtt_p50_us", "round trip A→B→A, p50", "µs", at_most=1.5),
-    Metric("rtt_p99_us", "round trip A→B→A, p99", "µs", at_most=1.8),
-    Metric("throughput_msgs", f"throughput A→B, window {WINDOW}", "msg/s", at_least=1.0),
-    Metric("broadcast4_us", "broadcast to 4, last receiver", "µs", at_most=1.2),
-    Metric("broadcast50_us", "broadcast to 50, last receiver", "µs", at_most=2.0),
-    Metric("idle_cpu_ticks", "CPU of the tree, 5 idle clients", "ticks", limit=0),
+    Metric("rtt_p50_us", "round trip A→B→A, p50", "µs", at_most=1.5, floor_at_most=1.4),
+    Metric("rtt_p99_us", "round trip A→B→A, p99", "µs", at_most=1.8, floor_at_most=1.6),
+    Metric("throughput_msgs", f"throughput A→B, window {WINDOW}", "msg/s", at_least=1.0, floor_at_least=0.8),
+    Metric("broadcast4_us", "broadcast to 4, last receiver", "µs", at_most=1.2, floor_at_most=1.6),
+    Metric("broadcast50_us", "broadcast to 50, last receiver", "µs", at_most=2.0, floor_at_most=1.8),
+    Metric("idle_cpu_ticks", "CPU of the tree, 5 idle clients", "ticks", limit=0, floor_limit=0),
 ]
 
 
@@ -721,7 +821,14 @@ def scaling_metrics() -> list[Metric]:
     metrics = []
     for n in SCALING_CLIENTS:
         metrics.append(
-            Metric(f"worker_uss_{n}", f"USS per idle worker, {n} clients", "MiB", limit=2, digits=2)
+            Metric(
+                f"worker_uss_{n}",
+                f"USS per idle worker, {n} clients",
+                "MiB",
+                limit=2,
+                digits=2,
+                floor_limit=1.5,
+            )
         )
     metrics.append(
         Metric("per_client_uss", "USS added per client, 5→200", "KiB", limit=2048, digits=0, scale=1024)
@@ -741,25 +848,38 @@ def fmt(value: float | None, digits: int) -> str:
     return f"{value:,.{digits}f}"
 
 
+def median_ratio(results: Results, metric: str, top: str, bottom: str) -> float | None:
+    ratios = results.ratios(metric, top, bottom)
+    return statistics.median(ratios) if ratios else None
+
+
 def table(core: Results, scaling: Results) -> str:
+    """Medians of the figures, and the three same-run ratios with their goals.
+
+    The first goal column is the ngIRCd goal of the original benchmark; the
+    second, issue 13's goal on shmchat / floor (or on shmchat's own figure).
+    """
     lines = [
-        "| metric | shmchat | ngIRCd | ratio (median of rounds) | goal | met |",
-        "| --- | ---: | ---: | ---: | --- | --- |",
+        "| metric | shmchat | floor | ngIRCd | shmchat/ngIRCd | goal | met "
+        "| shmchat/floor | goal | met | floor/ngIRCd |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- | ---: | --- | --- | ---: |",
     ]
     for results, metrics in ((core, CORE_METRICS), (scaling, scaling_metrics())):
         for m in metrics:
             s = results.values("shmchat", m.key)
-            n = results.values("ngIRCd", m.key)
-            if not s and not n:
+            if not s and not results.values("ngIRCd", m.key) and not results.values("floor", m.key):
                 continue
-            sm = statistics.median(s) * m.scale if s else None
-            nm = statistics.median(n) * m.scale if n else None
-            ratios = results.ratios(m.key)
-            ratio = statistics.median(ratios) if ratios else None
-            ratio_text = f"{ratio:.2f}x" if ratio is not None else "-"
+            figures = [results.values(name, m.key) for name in ("shmchat", "floor", "ngIRCd")]
+            shown = [fmt(statistics.median(f) * m.scale if f else None, m.digits) for f in figures]
+            vs_ngircd, vs_floor, floor_ngircd = (median_ratio(results, m.key, *pair) for pair in RATIOS)
+
+            def text(ratio: float | None) -> str:
+                return f"{ratio:.2f}x" if ratio is not None else "-"
+
             lines.append(
-                f"| {m.label} ({m.unit}) | {fmt(sm, m.digits)} | {fmt(nm, m.digits)} | {ratio_text} "
-                f"| {m.goal} | {m.met(ratio, s)} |"
+                f"| {m.label} ({m.unit}) | {' | '.join(shown)} | {text(vs_ngircd)} | {m.goal} "
+                f"| {m.met(vs_ngircd, s)} | {text(vs_floor)} | {m.floor_goal} | {m.floor_met(vs_floor, s)} "
+                f"| {text(floor_ngircd)} |"
             )
     return "\n".join(lines)
 
@@ -771,7 +891,9 @@ def plot(scaling: Results, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2), dpi=100)
-    for name, style in (("shmchat", "o-"), ("ngIRCd", "s--")):
+    for name, style in (("shmchat", "o-"), ("floor", "^-."), ("ngIRCd", "s--")):
+        if not scaling.values(name, f"broadcast_all_{SCALING_CLIENTS[0]}_us"):
+            continue  # no floor in this run (no compiler)
         times = [
             statistics.median(scaling.values(name, f"broadcast_all_{n}_us")) / 1000 for n in SCALING_CLIENTS
         ]
@@ -866,6 +988,42 @@ def profile(folder: Path, plan: Plan, seconds: float) -> None:
                 summarise(out, f"{workload}, worker {label}")
 
 
+def worker_cpu_per_message(server: ChatServer, seconds: float) -> None:
+    """CPU (user, system) of each of two workers per message relayed, for one server.
+
+    Without a profiler attached: the figures that compare shmchat's workers
+    with the floor's, workload by workload.
+    """
+    with running(server, CORE_MAX_CLIENTS) as conns:
+        connect_up_to(server, conns, 2)
+        settle(server, conns)
+        a, b = conns
+        workers = sorted(server.workers(), key=lambda p: p.create_time())
+        for workload in ("rtt", "throughput"):
+            before = [w.cpu_times() for w in workers]
+            if workload == "rtt":
+                messages = 2 * max(200, round(seconds * 2000))
+                started = time.perf_counter()
+                round_trips(server, a, b, messages // 2, 0)
+                elapsed = time.perf_counter() - started
+            else:
+                started = time.perf_counter()
+                rate = throughput(server, a, b, seconds)
+                elapsed = time.perf_counter() - started
+                messages = round(rate * elapsed)  # what was relayed (received == sent)
+            after = [w.cpu_times() for w in workers]
+            shown = []
+            for label, b_, a_ in zip(("A", "B"), before, after, strict=True):
+                user = (a_.user - b_.user) / messages * 1e6
+                system = (a_.system - b_.system) / messages * 1e6
+                shown.append(f"worker {label} {user + system:.1f} µs (user {user:.1f}, system {system:.1f})")
+            log(
+                f"{server.name:8} {workload:10} {messages:>8} messages, {messages / elapsed:>9,.0f}/s; "
+                f"CPU per message: {'; '.join(shown)}"
+            )
+            settle(server, conns, quiet=0.05)
+
+
 def summarise(path: Path, title: str, top: int = 16) -> None:
     """Where a worker's busy time goes, from py-spy's collapsed stacks.
 
@@ -910,14 +1068,19 @@ def summarise(path: Path, title: str, top: int = 16) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.chat",
-        description="Chat messages: shmchat against ngIRCd, interleaved rounds, same-run ratios.",
+        description=(
+            "Chat messages: shmchat against its floor (C) and ngIRCd, interleaved rounds, same-run ratios."
+        ),
     )
-    parser.add_argument("--quick", action="store_true", help="a short run (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="a short run (about a minute)")
     parser.add_argument("--rounds", type=int, help="core rounds (default: 7, --quick: 2)")
     parser.add_argument(
         "--scaling-rounds", type=int, help="rounds at 5/50/200 clients (default: 3, --quick: 1)"
     )
     parser.add_argument("--skip-scaling", action="store_true", help="only the core rounds")
+    parser.add_argument(
+        "--no-floor", action="store_true", help="leave out the floor (bench/floor/floor.c, built with cc)"
+    )
     parser.add_argument(
         "--plot",
         type=Path,
@@ -943,8 +1106,9 @@ def report(saved: dict, plot_path: Path | None) -> None:
     print(f"\nChat benchmark: {saved['command']}  ({saved.get('minutes', 0):.1f} min)")
     print(f"Machine: {saved['machine']}")
     print(
-        f"{len(core.rounds)} core rounds and {len(scaling.rounds)} scaling rounds, shmchat then ngIRCd "
-        "in each; ratios are shmchat / ngIRCd inside a round, then the median.\n"
+        f"{len(core.rounds)} core rounds and {len(scaling.rounds)} scaling rounds, shmchat, the floor "
+        "(bench/floor/floor.c) and ngIRCd in each; every ratio is computed inside a round, then the "
+        "median of the rounds.\n"
     )
     print(table(core, scaling))
     if plot_path is not None and scaling.rounds:
@@ -958,6 +1122,12 @@ def main(argv: list[str] | None = None) -> int:
     plot_path = args.plot or (None if args.quick else REPO / "docs" / "chat-scaling.png")
     if args.profile:
         profile(args.profile, plan, args.profile_seconds)
+        log(
+            "\n== CPU per message of each worker, no profiler attached "
+            "(rtt: A and B take turns; throughput: A sends, B receives)"
+        )
+        for server in servers(with_floor=Floor.build() is not None)[:-1]:
+            worker_cpu_per_message(server, 3.0)
         return 0
     if args.report:
         report(json.loads(args.report.read_text()), args.plot)
@@ -971,9 +1141,10 @@ def main(argv: list[str] | None = None) -> int:
         scaling_rounds = 0
     command = " ".join(["python -m bench.chat", *(sys.argv[1:] if argv is None else argv)])
     log(f"machine: {machine()}")
+    with_floor = not args.no_floor and Floor.build() is not None
     started = time.monotonic()
-    core = run_rounds("core", core_rounds, lambda s: core_round(s, plan))
-    scaling = run_rounds("scaling", scaling_rounds, lambda s: scaling_round(s, plan))
+    core = run_rounds("core", core_rounds, lambda s: core_round(s, plan), with_floor)
+    scaling = run_rounds("scaling", scaling_rounds, lambda s: scaling_round(s, plan), with_floor)
     saved = {
         "command": command,
         "machine": machine(),

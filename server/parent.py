@@ -45,7 +45,7 @@ from server.handlers import Caller
 from server.listener import Listener, Throttled, refuse
 from server.outbox import Delivery, Outbox
 from server.spool import Spool, SpoolInUse, decode_file_notice, encode_file_result
-from server.worker import WorkerExit, run_worker
+from server.worker import describe_exit, run_worker
 from shm import faults
 from shm.layout import RecordKind
 from shm.mailboxes import Posting, Record
@@ -66,23 +66,6 @@ _fork = faults.wrap("fork", os.fork)
 class Child:
     pid: int
     caller: Caller
-
-
-def describe_exit(status: int) -> str | None:
-    """How a client left, from its worker's wait status (None: say nothing)."""
-    if os.WIFSIGNALED(status):
-        name = signal.Signals(os.WTERMSIG(status)).name
-        return f"disconnected (its worker process died: {name})"
-    code = os.WEXITSTATUS(status)
-    known: dict[int, str | None] = {
-        WorkerExit.QUIT: "left",
-        WorkerExit.CONNECTION_LOST: "disconnected (connection lost)",
-        WorkerExit.TOO_SLOW: "was disconnected (it stopped reading its messages)",
-        WorkerExit.SHUTDOWN: None,
-        WorkerExit.PROTOCOL_ERROR: "was disconnected (protocol error)",
-        WorkerExit.TABLES_LOST: "disconnected (its worker could not use the shared tables)",
-    }
-    return known.get(code, f"disconnected (its worker failed with status {code})")
 
 
 class StartupError(Exception):

@@ -78,6 +78,23 @@ class WorkerExit(IntEnum):
     TABLES_LOST = 8  # a semaphore operation failed: the shared tables cannot be used
 
 
+def describe_exit(status: int) -> str | None:
+    """How a client left, from its worker's wait status (None: say nothing)."""
+    if os.WIFSIGNALED(status):
+        name = signal.Signals(os.WTERMSIG(status)).name
+        return f"disconnected (its worker process died: {name})"
+    code = os.WEXITSTATUS(status)
+    known: dict[int, str | None] = {
+        WorkerExit.QUIT: "left",
+        WorkerExit.CONNECTION_LOST: "disconnected (connection lost)",
+        WorkerExit.TOO_SLOW: "was disconnected (it stopped reading its messages)",
+        WorkerExit.SHUTDOWN: None,
+        WorkerExit.PROTOCOL_ERROR: "was disconnected (protocol error)",
+        WorkerExit.TABLES_LOST: "disconnected (its worker could not use the shared tables)",
+    }
+    return known.get(code, f"disconnected (its worker failed with status {code})")
+
+
 def _find_prctl() -> Callable[..., int] | None:
     try:
         return ctypes.CDLL(None, use_errno=True).prctl

@@ -194,6 +194,8 @@ def _cells() -> list[Cell]:
     add("semop", {"EINTR": "transparent", "EIDRM": tables, "EINVAL": tables, "EACCES": tables}, slot=2)
     for code in ("EINTR", "EIDRM"):
         extra("semop", code, "transparent" if code == "EINTR" else tables, 2, 2)  # the lock is held
+    for nth in (1, 2, 3):  # no slot: the parent's calls too (its waits are bounded: semtimedop)
+        extra("semop", "EINTR", "transparent", nth)
     lost = "connection-lost"
     add("recv", {"ECONNRESET": lost, "ETIMEDOUT": lost, "ENOMEM": lost, "EINTR": "transparent"}, slot=2)
     extra("recv", "ECONNRESET", lost, 3, 2)

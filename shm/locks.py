@@ -73,7 +73,7 @@ def _semtimedop(semid: int, op: _Sembuf, limit: _Timespec) -> int:
     try:
         faults.check("semop")
     except OSError as exc:  # an injected failure takes the same path as a real one (EINTR: retried)
-        return exc.errno
+        return exc.errno or errno.EIO
     if _libc.semtimedop(semid, ctypes.byref(op), 1, ctypes.byref(limit)) == 0:
         return 0
     return ctypes.get_errno()

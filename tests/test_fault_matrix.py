@@ -42,7 +42,8 @@ import pytest
 from conftest import ROOT, STARTED_PORTS, RawClient, port_objects, python_env
 from procinfo import spool_files, wait_until
 
-from server.parent import NO_DESCRIPTORS, NO_WORKER
+from server.listener import NO_DESCRIPTORS
+from server.parent import NO_WORKER
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ OUTCOMES = {
     "tables-lost": Outcome(
         "logs the semaphore failure; the worker exits TABLES_LOST (8), SEM_UNDO hands back a held lock",
         "`[bye] the server lost its shared tables; closing the connection`, then closed",
-        "`[server] client N disconnected (its worker failed with status 8)`",
+        "`[server] client N disconnected (its worker could not use the shared tables)`",
     ),
     "upload-refused": Outcome(
         "logs a warning; the worker lives",
@@ -158,7 +159,7 @@ class Cell:
 
 
 def _cells() -> list[Cell]:
-    cells = []
+    cells: list[Cell] = []
 
     def add(point: str, errnos: dict[str, str], nth: int = 1, slot: int | None = None) -> None:
         cells.extend(Cell(point, code, outcome, nth, slot) for code, outcome in errnos.items())
@@ -306,20 +307,18 @@ def check_start(cell: Cell, tmp_path: Path) -> None:
 
 
 def check_connect(cell: Cell, port: int, clients: list[RawClient]) -> None:
+    others: list[RawClient] = []
     if cell.point == "fork" and cell.nth == 3:
-        a, b = client(port, clients), client(port, clients)
-        newcomer = client(port, clients, welcome=False)
-    else:  # the first connection is the one concerned; the others come after
-        newcomer = client(port, clients, welcome=False)
-        a = b = None
+        others = [client(port, clients), client(port, clients)]
+    # else the first connection is the one concerned; the others come after
+    newcomer = client(port, clients, welcome=False)
     if cell.outcome in ("no-worker", "no-descriptors"):
         line = f"[error] {NO_WORKER if cell.outcome == 'no-worker' else NO_DESCRIPTORS}"
         assert newcomer.closed(), f"the newcomer was not closed; saw {newcomer.seen}"
         assert newcomer.seen == [line]
     else:  # paused or retried: the newcomer is served
         newcomer.welcome()
-    if a is None:
-        a, b = client(port, clients), client(port, clients)
+    a, b = others or [client(port, clients), client(port, clients)]
     chat(a, b, "still chatting")
     later = client(port, clients)  # service goes on for newcomers
     chat(later, a, "me too")
@@ -354,7 +353,9 @@ def check_chat(cell: Cell, port: int, clients: list[RawClient]) -> None:
         chat(a, b, "still chatting")
         return
     assert x.closed(), f"the client concerned was not closed; saw {x.recent()}"
-    how = "connection lost" if cell.outcome == "connection-lost" else "its worker failed with status 8"
+    how = "its worker could not use the shared tables"
+    if cell.outcome == "connection-lost":
+        how = "connection lost"
     for other in (a, b):
         other.seen_or_expect(rf"^\[server\] client {x_id} disconnected \({how}\)$")
     if cell.outcome == "tables-lost":

@@ -29,7 +29,8 @@ import pytest
 from conftest import ROOT, STARTED_PORTS, TIMEOUT, RawClient, ServerProcess, port_objects, python_env
 from procinfo import spool_files, wait_until
 
-from server.parent import NO_DESCRIPTORS, NO_WORKER
+from server.listener import NO_DESCRIPTORS
+from server.parent import NO_WORKER
 
 USER = "shmchat-test"
 
@@ -99,6 +100,7 @@ class UserServer(ServerProcess):
         )
         self.stderr_lines: list[str] = []
         self.killed = False
+        assert self.proc.stdout is not None and self.proc.stderr is not None
         first = self.proc.stdout.readline()
         match = re.search(r"listening on ([\d.]+):(\d+)", first)
         if not match:
@@ -114,8 +116,11 @@ def limits(pid: int, name: str) -> tuple[int, int]:
     with open(f"/proc/{pid}/limits") as table:
         for line in table:
             if line.startswith(name):
-                soft, hard = line[len(name) :].split()[:2]
-                return tuple(resource.RLIM_INFINITY if v == "unlimited" else int(v) for v in (soft, hard))
+                soft, hard = (
+                    resource.RLIM_INFINITY if v == "unlimited" else int(v)
+                    for v in line[len(name) :].split()[:2]
+                )
+                return soft, hard
     raise AssertionError(f"no {name!r} in /proc/{pid}/limits")
 
 

@@ -55,7 +55,9 @@ CHUNK_BYTES = 256 * 1024
 
 _LINK = re.compile(r"to-(?P<slot>\d+)-(?P<gen>\d+)-(?P<sender>\d+)-(?P<n>\d+)\Z")
 #: Every name the spool itself makes: partial uploads and receivers' links.
-_SPOOL_FILE = re.compile(r"(?:up-\d+-\d+-\d+-\d+\.part|to-\d+-\d+-\d+-\d+)\Z")
+_SPOOL_FILE = re.compile(r"(?:up-\d+-\d+-\d+-\d+\.part|to-\d+-\d+-\d+-\d+)(?:\.removed)?\Z")
+#: Added to a spool file that could not be removed, once its verdict is given.
+REMOVED = ".removed"
 
 
 class SpoolInUse(OSError):
@@ -66,8 +68,10 @@ def remove_link(path: str) -> bool:
     """Remove a spool file; True if this call removed it (see "whoever removes").
 
     Any failure other than "already gone" is logged and counts as removed by
-    us: the file stays until the spool is emptied at shutdown, but its
-    verdict must still be given once.
+    us: the verdict must still be given once.  The file is then renamed out
+    of the way (``REMOVED``): under its own name the parent would find it
+    after its owner left, remove it, and report that file a second time.
+    ``leftovers`` and the spool's cleanups remove it without a word.
     """
     try:
         _unlink(path)
@@ -75,6 +79,13 @@ def remove_link(path: str) -> bool:
         return False
     except OSError as exc:
         log.warning("cannot remove spool file %s: %s", path, exc)
+        if not path.endswith(REMOVED):
+            try:
+                os.rename(path, path + REMOVED)
+            except FileNotFoundError:
+                return False  # removed by someone else meanwhile: theirs to report
+            except OSError:
+                pass
     return True
 
 
@@ -166,8 +177,8 @@ class Spool:
             if match and int(match["slot"]) == slot and int(match["gen"]) == generation:
                 if remove_link(path):
                     transfers.append(f"{match['sender']}-{match['n']}")
-            elif name.startswith(f"up-{slot}-{generation}-"):
-                remove_link(path)
+            elif name.startswith((f"up-{slot}-{generation}-", f"to-{slot}-{generation}-")):
+                remove_link(path)  # a partial upload, or a link already reported (REMOVED)
         return transfers
 
 

@@ -68,16 +68,26 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _SEM_UNDO = 0x1000  # <sys/sem.h>
 
 
+def _semtimedop(semid: int, op: _Sembuf, limit: _Timespec) -> int:
+    """semtimedop(2): 0, or the errno it failed with."""
+    try:
+        faults.check("semop")
+    except OSError as exc:  # an injected failure takes the same path as a real one (EINTR: retried)
+        return exc.errno or errno.EIO
+    if _libc.semtimedop(semid, ctypes.byref(op), 1, ctypes.byref(limit)) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
 def _timed_p(semid: int, seconds: float) -> bool:
     """semop P with SEM_UNDO that gives up after ``seconds``; False on time-out."""
     op = _Sembuf(0, -1, _SEM_UNDO)
     whole = int(seconds)
     limit = _Timespec(whole, int((seconds - whole) * 1e9))
     while True:
-        faults.check("semop")
-        if _libc.semtimedop(semid, ctypes.byref(op), 1, ctypes.byref(limit)) == 0:
+        code = _semtimedop(semid, op, limit)
+        if code == 0:
             return True
-        code = ctypes.get_errno()
         if code == errno.EAGAIN:
             return False
         if code != errno.EINTR:  # EINTR: a signal came (SIGCHLD); wait again

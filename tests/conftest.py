@@ -105,14 +105,15 @@ def python_env() -> dict[str, str]:
 class ServerProcess:
     """``python -m server`` on a free port of 127.0.0.1."""
 
-    def __init__(self, *args: str, spool: Path | None = None) -> None:
+    def __init__(self, *args: str, spool: Path | None = None, env: dict[str, str] | None = None) -> None:
+        """``env``: variables added to the server's environment (e.g. SHMCHAT_FAULTS)."""
         command = [sys.executable, "-m", "server", "--port", "0", "--log-level", "DEBUG", *args]
         if spool is not None:
             command += ["--spool-dir", str(spool)]
         self.proc = subprocess.Popen(
             command,
             cwd=ROOT,
-            env=python_env(),
+            env={**python_env(), **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -162,11 +163,14 @@ class ServerProcess:
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator:
-    """Factory: ``start_server("--max-clients", "8")`` returns a running ServerProcess."""
+    """Factory: ``start_server("--max-clients", "8")`` returns a running ServerProcess.
+
+    ``env={"SHMCHAT_FAULTS": ...}`` adds variables to the server's environment.
+    """
     servers: list[ServerProcess] = []
 
-    def start(*args: str) -> ServerProcess:
-        server = ServerProcess(*args, spool=tmp_path / f"spool-{len(servers)}")
+    def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        server = ServerProcess(*args, spool=tmp_path / f"spool-{len(servers)}", env=env)
         servers.append(server)
         return server
 

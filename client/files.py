@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import secrets
 import unicodedata
@@ -91,7 +92,7 @@ class OutgoingFile:
     sha256: str
     transfer: str = ""
     sent: int = 0
-    handle: object = None
+    handle: io.FileIO | None = None  # opened on the first read, unbuffered
 
     def read_into(self, buffer: memoryview) -> int:
         """Read the next piece into ``buffer`` (reused: no allocation); return its size."""
@@ -126,7 +127,9 @@ class IncomingFile:
     header: FileHeader
     folder: str
     received: int = 0
-    _hash: object = field(default_factory=hashlib.sha256)
+    # hashlib._Hash names the type of hashlib.sha256() objects in the type stubs
+    # only; with `from __future__ import annotations` it is never evaluated.
+    _hash: hashlib._Hash = field(default_factory=hashlib.sha256)
 
     def __post_init__(self) -> None:
         os.makedirs(self.folder, exist_ok=True)

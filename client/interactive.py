@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
+from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.patch_stdout import patch_stdout
 
@@ -341,11 +342,13 @@ class InteractiveClient:
         if self.quit_when_idle and not session.busy and not session.quit_sent:
             session.send_user_line("/quit")
         wants = session.wants_write()
+        loop = self.loop
+        assert loop is not None, "after_io runs only once run() has set the loop"
         if wants and not self.writing:
-            self.loop.add_writer(self.sock.fileno(), self.on_writable)
+            loop.add_writer(self.sock.fileno(), self.on_writable)
             self.writing = True
         elif not wants and self.writing:
-            self.loop.remove_writer(self.sock.fileno())
+            loop.remove_writer(self.sock.fileno())
             self.writing = False
 
     def detach(self) -> None:
@@ -393,16 +396,21 @@ class InteractiveClient:
         session.send_user_line("/quit")
         self.after_io()
 
-    def prompt_message(self) -> Fragments:
+    # These two are prompt_toolkit callbacks: they return its FormattedText (a list
+    # of the same (style, text) pairs), the type its API declares.
+
+    def prompt_message(self) -> FormattedText:
         me = self.roster.my_id
         if me is None:
-            return [("class:prompt", "> ")]
-        return [(f"bold {id_colour(me)}", str(me)), ("class:prompt", "> ")]
+            return FormattedText([("class:prompt", "> ")])
+        return FormattedText([(f"bold {id_colour(me)}", str(me)), ("class:prompt", "> ")])
 
-    def toolbar(self) -> Fragments:
+    def toolbar(self) -> FormattedText:
         now = time.monotonic()
-        return toolbar_fragments(
-            self.roster, self.address, self.transfers.visible(now), now, connected=not self.session.closed
+        return FormattedText(
+            toolbar_fragments(
+                self.roster, self.address, self.transfers.visible(now), now, connected=not self.session.closed
+            )
         )
 
     # -- the whole session ------------------------------------------------------------------

@@ -43,5 +43,9 @@ def xterm_index(colour: str) -> int:
     """The xterm 256-colour index of a palette colour (for plain ANSI output)."""
     levels = (0x00, 0x5F, 0x87, 0xAF, 0xD7, 0xFF)
     r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
-    nearest = [min(range(6), key=lambda n, v=v: abs(levels[n] - v)) for v in (r, g, b)]
+
+    def nearest_level(value: int) -> int:
+        return min(range(6), key=lambda n: abs(levels[n] - value))
+
+    nearest = [nearest_level(v) for v in (r, g, b)]
     return 16 + 36 * nearest[0] + 6 * nearest[1] + nearest[2]

@@ -35,7 +35,7 @@ from shm.layout import (
     SEGMENT_HEADER_SIZE,
     SlotState,
 )
-from shm.locks import BinaryLock
+from shm.locks import TableLock
 
 
 @dataclass(frozen=True)
@@ -120,14 +120,14 @@ class Directory:
         self,
         clients_segment: sysv_ipc.SharedMemory,
         groups_segment: sysv_ipc.SharedMemory,
-        lock: BinaryLock,
+        lock: TableLock,
     ) -> None:
         self._clients_view = memoryview(clients_segment)
         self._groups_view = memoryview(groups_segment)
         self.lock = lock
         self.capacity = SEGMENT_HEADER.unpack_from(self._clients_view, 0)[2]
         self.group_capacity = SEGMENT_HEADER.unpack_from(self._groups_view, 0)[2]
-        self._rng = random.SystemRandom()
+        self._rng: random.Random = random.SystemRandom()
         self._cached_epoch = -1
         self._cache: tuple[list[ClientInfo], dict[int, ClientInfo]] = ([], {})
 

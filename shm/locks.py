@@ -30,7 +30,8 @@ import ctypes
 import errno
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol
 
 import sysv_ipc
 
@@ -92,6 +93,21 @@ def _timed_p(semid: int, seconds: float) -> bool:
             return False
         if code != errno.EINTR:  # EINTR: a signal came (SIGCHLD); wait again
             raise _sysv_error(code)
+
+
+class TableLock(Protocol):
+    """What a table (``Directory``, ``MessageTable``) needs of its lock.
+
+    The server hands its tables a ``BinaryLock``; the inspector hands them a
+    ``shm.snapshot.PatientLock``, which only ever *tries* the semaphore.  Naming
+    the three calls here lets mypy check that both kinds fit.
+    """
+
+    def reserve(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def held(self) -> AbstractContextManager[None]: ...
 
 
 class BinaryLock:

@@ -45,7 +45,7 @@ from shm.layout import (
     SEGMENT_HEADER,
     RecordKind,
 )
-from shm.locks import BinaryLock
+from shm.locks import TableLock
 
 
 class Record(NamedTuple):
@@ -161,7 +161,7 @@ def _runs(postings: list[Posting]) -> list[list[Posting]]:
 class MessageTable:
     """The mailboxes of every slot in the messages segment."""
 
-    def __init__(self, segment: sysv_ipc.SharedMemory, lock: BinaryLock) -> None:
+    def __init__(self, segment: sysv_ipc.SharedMemory, lock: TableLock) -> None:
         self._view = memoryview(segment)
         self.lock = lock
         self.capacity = SEGMENT_HEADER.unpack_from(self._view, 0)[2]
@@ -440,7 +440,7 @@ class MessageTable:
 
     def _peek(self, slot: int, header: list, limit: int) -> tuple[PendingRecord, ...]:
         """Headers of the first ``limit`` pending records (caller holds the lock)."""
-        found = []
+        found: list[PendingRecord] = []
         position = header[self.HEAD]
         while position < header[self.TAIL] and len(found) < limit:
             raw = self._ring_read(slot, position, RECORD_HEADER_SIZE)

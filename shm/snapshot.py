@@ -66,17 +66,24 @@ class PatientLock:
         self.lock = lock
         self.patience = patience
 
-    @contextmanager
-    def held(self) -> Iterator[None]:
+    def reserve(self) -> None:
+        """Take the lock, or raise LockBusy once it stayed busy for ``patience`` s."""
         deadline = time.monotonic() + self.patience
         while not self.lock.try_reserve():
             if time.monotonic() > deadline:
                 raise LockBusy(f"held for over {self.patience:g} s by another process")
             time.sleep(0.002)
+
+    def release(self) -> None:
+        self.lock.release()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self.reserve()
         try:
             yield
         finally:
-            self.lock.release()
+            self.release()
 
 
 @dataclass
@@ -231,7 +238,7 @@ def _read_tables(
     directory = Directory(
         attached[IpcObject.CLIENTS_SEGMENT],
         attached[IpcObject.GROUPS_SEGMENT],
-        locks[IpcObject.DIRECTORY_SEMAPHORE],  # duck-typed: Directory only calls .held()
+        locks[IpcObject.DIRECTORY_SEMAPHORE],  # a TableLock: the inspector's reads only call .held()
     )
     try:
         messages = MessageTable(attached[IpcObject.MESSAGES_SEGMENT], locks[IpcObject.MESSAGES_SEMAPHORE])

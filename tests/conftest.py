@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -102,6 +103,16 @@ def python_env() -> dict[str, str]:
     return env
 
 
+def piped(stream: IO[str] | None) -> IO[str]:
+    """A pipe of a process started with ``subprocess.PIPE``.
+
+    Popen types its ``stdin``/``stdout``/``stderr`` as Optional (None when not
+    piped); this says, and checks, that the one asked for was piped.
+    """
+    assert stream is not None, "this stream of the process is not a pipe"
+    return stream
+
+
 class ServerProcess:
     """``python -m server`` on a free port of 127.0.0.1."""
 
@@ -120,17 +131,17 @@ class ServerProcess:
         )
         self.stderr_lines: list[str] = []
         self.killed = False
-        first = self.proc.stdout.readline()
+        first = piped(self.proc.stdout).readline()
         match = re.search(r"listening on ([\d.]+):(\d+)", first)
         if not match:
             self.proc.kill()
-            raise RuntimeError(f"server did not start: {first!r} {self.proc.stderr.read()}")
+            raise RuntimeError(f"server did not start: {first!r} {piped(self.proc.stderr).read()}")
         self.host, self.port = match.group(1), int(match.group(2))
         STARTED_PORTS.add(self.port)
         threading.Thread(target=self._collect_stderr, daemon=True).start()
 
     def _collect_stderr(self) -> None:
-        for line in self.proc.stderr:
+        for line in piped(self.proc.stderr):
             self.stderr_lines.append(line)
 
     def kill(self) -> None:
@@ -197,6 +208,17 @@ class LineReader:
     def __init__(self) -> None:
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
+        self._id: int | None = None
+
+    @property
+    def id(self) -> int:
+        """The client's id, from its welcome line (set by ``welcome()``)."""
+        assert self._id is not None, "no welcome line read yet"
+        return self._id
+
+    @id.setter
+    def id(self, value: int) -> None:
+        self._id = value
 
     def expect(self, pattern: str, timeout: float = TIMEOUT) -> re.Match:
         """Wait for a line matching ``pattern`` (re.search); lines before it are kept in ``seen``."""
@@ -267,7 +289,6 @@ class RawClient(LineReader):
         super().__init__()
         self.sock = socket.create_connection((host, port), timeout=TIMEOUT)
         self.sock.settimeout(None)
-        self.id: int | None = None
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -314,11 +335,11 @@ class LineModeClient(LineReader):
             stderr=subprocess.PIPE,
             text=True,
         )
-        self.id: int | None = None
+        self.download_dir = download_dir
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
-        for line in self.proc.stdout:
+        for line in piped(self.proc.stdout):
             self.lines.put(line.rstrip("\n"))
         self.lines.put(None)
 
@@ -327,11 +348,12 @@ class LineModeClient(LineReader):
         return self.id
 
     def send(self, line: str) -> None:
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
+        stdin = piped(self.proc.stdin)
+        stdin.write(line + "\n")
+        stdin.flush()
 
     def end_input(self) -> None:
-        self.proc.stdin.close()
+        piped(self.proc.stdin).close()
 
     def wait(self, timeout: float = TIMEOUT) -> int:
         return self.proc.wait(timeout)
@@ -339,7 +361,7 @@ class LineModeClient(LineReader):
     def close(self) -> None:
         if self.proc.poll() is None:
             try:
-                self.proc.stdin.close()
+                piped(self.proc.stdin).close()
             except OSError:
                 pass
             try:
@@ -374,7 +396,6 @@ def line_client(server: ServerProcess, tmp_path: Path) -> Iterator:
     def make(name: str | None = None, target: ServerProcess | None = None) -> LineModeClient:
         folder = tmp_path / (name or f"client{len(clients)}")
         client = LineModeClient((target or server).port, folder / "downloads", cwd=None)
-        client.download_dir = folder / "downloads"
         clients.append(client)
         client.welcome()
         return client

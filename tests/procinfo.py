@@ -14,14 +14,17 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from conftest import port_objects  # noqa: F401  (the fault tests import it from here)
 
 from shm.segments import ServerIpc
 
+T = TypeVar("T")
 
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "a condition") -> object:
-    """Poll ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
+
+def wait_until(predicate: Callable[[], T | None], timeout: float = 10.0, what: str = "a condition") -> T:
+    """Poll ``predicate`` until it returns something true (and return it); fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

@@ -26,7 +26,8 @@ def sha(data: bytes) -> str:
 
 
 def unused_ids(*taken: int, count: int = 5) -> list[int]:
-    ids, candidate = [], 10007
+    ids: list[int] = []
+    candidate = 10007
     while len(ids) < count:
         if candidate not in taken:
             ids.append(candidate)

@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 from conftest import ROOT, TIMEOUT, RawClient, ServerProcess
@@ -87,7 +88,9 @@ def sleeping_socket(port: int) -> tuple[socket.socket, int]:
     data = b""
     while b"\n" not in data:
         data += sock.recv(4096)
-    return sock, int(re.search(rb"unique id is (\d{5})", data).group(1))
+    welcome = re.search(rb"unique id is (\d{5})", data)
+    assert welcome, data
+    return sock, int(welcome.group(1))
 
 
 def drain_to_eof(sock: socket.socket, timeout: float = TIMEOUT) -> int:
@@ -211,12 +214,19 @@ def test_a_receiver_lost_mid_download_is_reported_to_the_sender(how, server, con
 # -- workers killed at random moments ------------------------------------------------------------
 
 
+class ChatterState(TypedDict):
+    """What the chatter thread hands back to the test."""
+
+    rounds: int
+    error: BaseException | None
+
+
 def test_workers_killed_at_random_moments_while_others_send(server, connect):
     rng = random.Random(SEED)
     a, b, c, watcher = connect(), connect(), connect(), connect()
     pairs = ((a, b), (b, c), (c, a))
     stop = threading.Event()
-    state = {"rounds": 0, "error": None}
+    state: ChatterState = {"rounds": 0, "error": None}
 
     def chatter() -> None:
         """Three clients exchange numbered messages, in windows, until told to stop."""
@@ -450,7 +460,9 @@ def test_connection_churn_never_leaks_a_slot_and_the_sixth_is_always_refused(ser
         assert firsts.count("Connection Limit Exceeded !!") == 11
         refused += 11
         winner = winners[0]
-        winner.id = int(re.search(r"unique id is (\d{5})", winner.seen[0]).group(1))
+        welcome = re.search(r"unique id is (\d{5})", winner.seen[0])
+        assert welcome, winner.seen[0]
+        winner.id = int(welcome.group(1))
         winner.send("/quit")
         watcher.expect(rf"client {winner.id} left")
         for c in crowd:
@@ -669,6 +681,7 @@ def test_sigkill_inside_a_table_write_never_corrupts_another_clients_rows():
     try:
         me = tables.directory.claim_slot("127.0.0.1", 40001)
         other = tables.directory.claim_slot("127.0.0.1", 40002)
+        assert me is not None and other is not None  # two slots, both free
         for client in (me, other):
             tables.messages.open(client.slot, client.generation)
         message = Record(RecordKind.PRIVATE, me.slot, me.client_id, 0, b"x" * 40)

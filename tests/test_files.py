@@ -47,8 +47,8 @@ def write(path: Path, data: bytes) -> Path:
     return path
 
 
-def saved(client, sender: int, timeout: float = TIMEOUT) -> re.Match:
-    """The next ``[saved]`` line of ``client`` for a file from ``sender``."""
+def saved(client, sender: int | str, timeout: float = TIMEOUT) -> re.Match:
+    """The next ``[saved]`` line of ``client`` for a file from ``sender`` (an id, or a pattern)."""
     line = client.expect(rf"^\[saved\] file .* from {sender}\b", timeout).string
     match = SAVED.match(line)
     assert match, line

@@ -11,6 +11,7 @@ can the draws be forced onto ids that are taken.
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -77,6 +78,13 @@ def group_line(client: RawClient, gid: int) -> str | None:
     return next((line for line in all_groups(client) if line.startswith(f"[groups] group {gid}:")), None)
 
 
+def group_id_in(line: str, pattern: str) -> int:
+    """The group id that ``pattern``'s first group captures at the start of ``line``."""
+    match = re.match(pattern, line)
+    assert match, line
+    return int(match.group(1))
+
+
 def unused_ids(*taken: int, count: int = 1) -> list[int]:
     return [i for i in range(10001, 99999, 7919) if i not in taken][:count]
 
@@ -120,7 +128,7 @@ def test_makegroup_joins_the_members_at_once_and_tells_each_one(connect):
     a, b, c, outsider = connect(), connect(), connect(), connect()
     a.send(f"/makegroup {b.id} {c.id}")
     ok = a.expect(OK).string
-    gid = int(re.match(rf"\[ok\] group {ID}: ", ok).group(1))
+    gid = group_id_in(ok, rf"\[ok\] group {ID}: ")
     assert ok == f"[ok] group {gid}: admin {a.id}; members {a.id}, {b.id}, {c.id} (created)"
     for member in (b, c):
         line = member.expect(NEWS).string
@@ -162,7 +170,7 @@ def test_makegroup_skips_and_reports_own_unknown_and_duplicate_ids(connect):
     (nobody,) = unused_ids(a.id, b.id, c.id)
     a.send(f"/makegroup {b.id} {b.id} {a.id} {nobody} {c.id}")
     ok = a.expect(OK).string
-    gid = int(re.match(rf"\[ok\] group {ID}: ", ok).group(1))
+    gid = group_id_in(ok, rf"\[ok\] group {ID}: ")
     assert ok.startswith(f"[ok] group {gid}: admin {a.id}; members {a.id}, {b.id}, {c.id} (created)")
     assert f"not added: {a.id} (that is you; you are the admin)" in ok
     assert f"not added: {nobody} (not an online client)" in ok
@@ -191,7 +199,7 @@ def test_makegroupreq_makes_an_admin_only_group_and_invites_with_how_to_answer(c
     (nobody,) = unused_ids(a.id, b.id, c.id, outsider.id)
     a.send(f"/makegroupreq {b.id} {c.id} {nobody}")
     ok = a.expect(OK).string
-    gid = int(re.match(rf"\[ok\] group {ID} created", ok).group(1))
+    gid = group_id_in(ok, rf"\[ok\] group {ID} created")
     assert (
         ok
         == f"[ok] group {gid} created; invited {b.id}, {c.id}; not invited: {nobody} (not an online client)"
@@ -270,7 +278,8 @@ def test_an_uninvited_request_goes_to_the_admin_and_approve_joins_the_requester(
     b.quiet(r"asks to join")  # only the admin is asked
     c.send(f"/joingroup {gid}")
     assert c.expect(OK).string == f"[ok] you already asked to join group {gid}; waiting for its admin"
-    assert f"asking to join {c.id}" in group_line(b, gid)
+    line = group_line(b, gid)
+    assert line is not None and f"asking to join {c.id}" in line
     # Not a member yet: receives nothing, may send nothing.
     a.send(f"/sendgroup {gid} not for c yet")
     b.expect(r"not for c yet")
@@ -327,7 +336,7 @@ def test_a_full_group_refuses_invitees_and_approvals(big_server, connect):
     a.send(f"/approve {gid} {g.id}")
     assert a.expect(ERROR).string == f"[error] group {gid} is full (5 members)"
     line = group_line(a, gid)
-    assert f"members {a.id}, {f.id}, {b.id}, {c.id}, {d.id};" in line
+    assert line is not None and f"members {a.id}, {f.id}, {b.id}, {c.id}, {d.id};" in line
     assert str(e.id) not in line.split(";")[1] and str(g.id) not in line.split(";")[1]
 
 
@@ -512,10 +521,14 @@ def test_a_new_group_id_skips_every_id_an_online_client_or_a_group_holds():
     try:
         directory = tables.directory
         admin, member = (directory.claim_slot("127.0.0.1", 40000 + n) for n in range(2))
+        assert admin is not None and member is not None  # 4 slots, all free
         first = directory.create_group(admin.client_id, [member.client_id], invite_only=False).group
 
-        class Draws:
+        class Draws(random.Random):
+            """A Random whose ``randint`` (all the table uses) returns these values in turn."""
+
             def __init__(self, values: list[int]) -> None:
+                super().__init__()
                 self.values = values
 
             def randint(self, low: int, high: int) -> int:
@@ -524,9 +537,10 @@ def test_a_new_group_id_skips_every_id_an_online_client_or_a_group_holds():
         fresh = next(
             i for i in range(10000, 10010) if i not in (admin.client_id, member.client_id, first.group_id)
         )
-        directory._rng = Draws([admin.client_id, member.client_id, first.group_id, fresh])
+        draws = Draws([admin.client_id, member.client_id, first.group_id, fresh])
+        directory._rng = draws
         second = directory.create_group(admin.client_id, [member.client_id], invite_only=True).group
         assert second.group_id == fresh
-        assert directory._rng.values == []  # every taken id was drawn and refused
+        assert draws.values == []  # every taken id was drawn and refused
     finally:
         tables.close()

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import sysv_ipc
-from conftest import ROOT, TIMEOUT, RawClient, python_env, sysv_objects
+from conftest import ROOT, TIMEOUT, RawClient, piped, python_env, sysv_objects
 from procinfo import wait_until
 
 from shm import layout
@@ -237,7 +237,7 @@ def test_watch_follows_the_server_and_never_keeps_it_alive(server) -> None:
         buffer = ""
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:
-            line = watcher.stdout.readline()
+            line = piped(watcher.stdout).readline()
             if not line:
                 break
             buffer += line

@@ -207,7 +207,9 @@ def test_a_client_that_stops_reading_is_disconnected_and_harms_no_one(server, co
     sleeper = socket.socket()
     sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sleeper.connect(("127.0.0.1", server.port))
-    sleeper_id = int(re.search(rb"unique id is (\d{5})", sleeper.recv(4096)).group(1))
+    welcome = re.search(rb"unique id is (\d{5})", sleeper.recv(4096))
+    assert welcome, "no welcome in the first read"
+    sleeper_id = int(welcome.group(1))
     reader.expect(rf"client {sleeper_id} joined")
     big = "y" * 60000
     for n in range(300):  # 18 MB: far past the 4 MiB output limit plus socket buffers

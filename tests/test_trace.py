@@ -97,8 +97,11 @@ def test_a_ring_keeps_the_newest_records_in_order(traced):
 def test_every_field_reads_back_as_written(traced):
     writer = traced.tracer_for(0)
     writer.accept(2, 23456)
-    traced.tracer_for(3, 23456).post(2, offset=4096, nbytes=41, result="full")
-    accept, post = traced.trace.reader().read()
+    worker = traced.tracer_for(3, 23456)
+    worker.post(2, offset=4096, nbytes=41)
+    worker.post(2, offset=4137, nbytes=41, result="full")  # went nowhere: no offset
+    accept, post, full = traced.trace.reader().read()
+    assert (full.as_json()["result"], full.offset) == ("full", 0)
     assert (accept.event, accept.slot, accept.to, accept.ring) == (TraceEvent.ACCEPT, 2, 23456, 0)
     # The post names its receiver by the client id the parent wrote into ring 1 + slot.
     assert post.as_json() == {
@@ -112,7 +115,7 @@ def test_every_field_reads_back_as_written(traced):
         "slot": 2,
         "offset": 4096,
         "bytes": 41,
-        "result": "full",
+        "result": "delivered",
     }
 
 

@@ -427,3 +427,42 @@ def check_file(cell: Cell, port: int, clients: list[RawClient], spool: Path) -> 
     assert not [line for line in b.seen if line.startswith(("[error]", "[abort"))], b.seen
     wait_until(lambda: spool_files(spool) == [], what="an empty spool once sender and receiver left")
     chat(c, d, "and after")
+
+
+# -- the document -----------------------------------------------------------------------
+
+RELIABILITY = ROOT / "docs" / "reliability.md"
+
+
+def matrix_table() -> str:
+    """The matrix as docs/reliability.md shows it: one row per point and outcome."""
+    rows = [
+        "| point | errno | cell (`SHMCHAT_FAULTS`) | the server | the client concerned | the others |",
+        "|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple[str, str, int, int | None], list[str]] = {}
+    shown = {(c.point, c.outcome) for c in CELLS if not c.extra}
+    for cell in CELLS:  # an extra cell gets a row only for an outcome the others do not show
+        if not cell.extra or (cell.point, cell.outcome) not in shown:
+            groups.setdefault((cell.point, cell.outcome, cell.nth, cell.slot), []).append(cell.errno)
+    for (point, outcome, nth, slot), codes in groups.items():
+        seen = OUTCOMES[outcome]
+        plan = f"`{point}:{nth}:ERRNO{'' if slot is None else f'@{slot}'}`"
+        rows.append(
+            f"| `{point}` | {', '.join(codes)} | {plan} | {seen.server} | {seen.concerned} | {seen.others} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def extra_cells() -> str:
+    """The further N and slots walked (beyond one cell per point and errno), for the document."""
+    return ", ".join(f"`{cell.plan}`" for cell in CELLS if cell.extra)
+
+
+def test_the_matrix_in_reliability_md_is_the_one_tested() -> None:
+    text = RELIABILITY.read_text()
+    assert matrix_table() in text, "docs/reliability.md: paste the output of matrix_table()"
+    assert extra_cells() in text, "docs/reliability.md: paste the output of extra_cells()"
+    points, pairs, cells = matrix_size()
+    assert f"{points} points, {pairs} point x errno pairs" in text
+    assert f"{cells} cells" in text

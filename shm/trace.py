@@ -288,6 +288,7 @@ class TracedLock:
     nothing more than the plain lock when that is None.  ``unlock``
     is recorded just *before* the semaphore is given back, so that in the
     trace a lock's next holder always takes it after the previous one let go.
+    To the tables it is a ``shm.locks.TableLock``, as mypy checks.
     """
 
     def __init__(self, lock: BinaryLock, which: IpcObject, table: TraceTable) -> None:

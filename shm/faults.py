@@ -41,7 +41,7 @@ import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 POINTS = (
     "fork",
@@ -60,7 +60,8 @@ POINTS = (
 
 ENVIRONMENT = "SHMCHAT_FAULTS"
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,9 @@ def _due(point: str) -> int:
     return 0
 
 
-def wrap(point: str, func: F, error: Callable[[int], BaseException] | None = None) -> F:
+def wrap(
+    point: str, func: Callable[P, R], error: Callable[[int], BaseException] | None = None
+) -> Callable[P, R]:
     """``func`` itself, or, when a fault is planned for ``point``, a stand-in that fails on cue.
 
     ``error`` builds the exception a real failure of ``func`` raises (sysv_ipc
@@ -125,13 +128,13 @@ def wrap(point: str, func: F, error: Callable[[int], BaseException] | None = Non
         return func
     make = error or (lambda code: OSError(code, os.strerror(code)))
 
-    def faulty(*args: Any, **kwargs: Any) -> Any:
+    def faulty(*args: P.args, **kwargs: P.kwargs) -> R:
         code = _due(point)
         if code:
             raise make(code)
         return func(*args, **kwargs)
 
-    return faulty  # type: ignore[return-value]
+    return faulty
 
 
 def check(point: str) -> None:

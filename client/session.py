@@ -57,7 +57,7 @@ class ClientSession:
         self.out = bytearray()
         self.awaiting_ready: deque[OutgoingFile] = deque()
         self.uploading: deque[OutgoingFile] = deque()
-        self.downloads: dict[str, IncomingFile] = {}
+        self.downloads: dict[str, IncomingFile | None] = {}  # None: a failed one, its frames skipped
         self.data_target: IncomingFile | None = None  # the download the current data frame is for
         self._file_view: memoryview | None = None  # chunks of uploads are read into it
         self._recv_buffer = bytearray(RECV_BYTES)  # reused: no allocation per read
@@ -285,7 +285,7 @@ class ClientSession:
             incoming = IncomingFile(header, self.download_dir)
         except OSError as exc:
             self.emit(replies.error(f"cannot save file {header.transfer}: {exc.strerror or exc}"))
-            self.downloads[header.transfer] = None  # type: ignore[assignment]  # skip its frames
+            self.downloads[header.transfer] = None  # skip its frames
             return
         self.downloads[header.transfer] = incoming
         if header.size == 0:
@@ -311,7 +311,7 @@ class ClientSession:
             incoming.write(chunk)
         except (OSError, ValueError) as exc:
             incoming.discard()
-            self.downloads[incoming.header.transfer] = None  # type: ignore[assignment]
+            self.downloads[incoming.header.transfer] = None
             self.data_target = None
             self.emit(replies.error(f"file {incoming.header.transfer} not saved: {exc}"))
             return

@@ -239,15 +239,19 @@ def test_a_second_server_refuses_a_spool_folder_a_live_server_uses(start_server,
     assert first.proc.poll() is None
 
 
-def test_a_spool_path_that_is_not_utf8_still_carries_files(start_server, connect, tmp_path):
-    folder = os.path.join(os.fsencode(tmp_path), b"spool-\xff")
-    server = start_server("--spool-dir", os.fsdecode(folder))
-    a, b = connect(target=server), connect(target=server)
-    body = b"bytes through a latin-1 folder"
-    transfer = send_file(a, b.id, body, "odd.txt")
-    b.expect(rf"^\[file {transfer} from {a.id}\]")
-    a.expect(rf"^\[ok\] file {transfer} 'odd.txt' delivered to {b.id}$")
-    assert "Traceback" not in server.log()
+def test_a_spool_path_that_is_not_utf8_still_carries_files(connect, tmp_path):
+    folder = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"spool-\xff"))  # not valid UTF-8
+    server = ServerProcess("--spool-dir", folder)  # not start_server: it would choose the spool
+    try:
+        a, b = connect(target=server), connect(target=server)
+        body = b"bytes through a folder whose name is not UTF-8"
+        transfer = send_file(a, b.id, body, "odd.txt")
+        b.expect(rf"^\[file {transfer} from {a.id}\]")
+        a.expect(rf"^\[ok\] file {transfer} 'odd.txt' delivered to {b.id}$")
+        assert "Traceback" not in server.log()
+    finally:
+        assert server.stop() == 0
+    assert not os.path.exists(folder)
 
 
 # -- 7. one verdict per receiver -------------------------------------------------------------

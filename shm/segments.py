@@ -21,14 +21,13 @@ import errno
 import logging
 import os
 from dataclasses import dataclass
-from typing import cast
 
 import sysv_ipc
 
 from shm import faults, layout
 from shm.directory import Directory
 from shm.layout import IpcObject
-from shm.locks import BinaryLock
+from shm.locks import BinaryLock, TableLock
 from shm.mailboxes import MessageTable
 from shm.trace import TracedLock, TraceTable, TraceWriter, forget_writer_after_fork, format_segment
 
@@ -177,16 +176,15 @@ class ServerIpc:
         self.locks = locks
         self.owner = owner
         self.trace: TraceTable | None = None
-        directory_lock = locks[IpcObject.DIRECTORY_SEMAPHORE]
-        messages_lock = locks[IpcObject.MESSAGES_SEMAPHORE]
+        directory_lock: TableLock = locks[IpcObject.DIRECTORY_SEMAPHORE]
+        messages_lock: TableLock = locks[IpcObject.MESSAGES_SEMAPHORE]
         if IpcObject.TRACE_SEGMENT in segments:
             self.trace = TraceTable(segments[IpcObject.TRACE_SEGMENT])
-            # A TracedLock has BinaryLock's interface (duck-typed; the tables cannot tell).
-            directory_lock = cast(
-                BinaryLock, TracedLock(directory_lock, IpcObject.DIRECTORY_SEMAPHORE, self.trace)
+            directory_lock = TracedLock(
+                locks[IpcObject.DIRECTORY_SEMAPHORE], IpcObject.DIRECTORY_SEMAPHORE, self.trace
             )
-            messages_lock = cast(
-                BinaryLock, TracedLock(messages_lock, IpcObject.MESSAGES_SEMAPHORE, self.trace)
+            messages_lock = TracedLock(
+                locks[IpcObject.MESSAGES_SEMAPHORE], IpcObject.MESSAGES_SEMAPHORE, self.trace
             )
             forget_writer_after_fork(self, ServerIpc._forget_writer)
         self.directory = Directory(

@@ -307,6 +307,14 @@ class MessageTable:
         )
         return header + record.payload
 
+    def _gone(self, base: int, generation: int) -> bool:
+        """The mailbox at ``base`` is closed, or now serves another client (caller holds the lock)."""
+        view = self._view
+        return (
+            not view[base + layout.MAILBOX_OPEN_OFFSET]
+            or _U32.unpack_from(view, base + layout.MAILBOX_GENERATION_OFFSET)[0] != generation
+        )
+
     def _post_one(self, slot: int, generation: int, sender: int, data: bytes) -> PostResult:
         """Copy one packed record into a ring, then store ``tail``: the commit.
 
@@ -317,10 +325,7 @@ class MessageTable:
         """
         view = self._view
         base = self._bases[slot]
-        if (
-            not view[base + layout.MAILBOX_OPEN_OFFSET]
-            or _U32.unpack_from(view, base + layout.MAILBOX_GENERATION_OFFSET)[0] != generation
-        ):
+        if self._gone(base, generation):
             return PostResult.GONE
         size = len(data)
         head, tail = MAILBOX_HEAD_TAIL.unpack_from(view, base)
@@ -349,10 +354,7 @@ class MessageTable:
         """
         view = self._view
         base = self._bases[slot]
-        if (
-            not view[base + layout.MAILBOX_OPEN_OFFSET]
-            or _U32.unpack_from(view, base + layout.MAILBOX_GENERATION_OFFSET)[0] != generation
-        ):
+        if self._gone(base, generation):
             return PostResult.GONE
         size = len(data)
         head, tail = MAILBOX_HEAD_TAIL.unpack_from(view, base)

@@ -281,8 +281,8 @@ class TraceWriter:
 class TracedLock:
     """A ``BinaryLock`` that records ``lock`` (with µs waited) and ``unlock``.
 
-    Same interface as ``shm.locks.BinaryLock``; the tables cannot tell the
-    difference.  ``ServerIpc.locks`` keeps the plain locks; the tables of a
+    Same interface as ``shm.locks.BinaryLock`` (so it is a ``TableLock``);
+    the tables cannot tell the difference.  ``ServerIpc.locks`` keeps the plain locks; the tables of a
     traced server (``ipc.directory.lock``, ``ipc.messages.lock``) get these.
     It writes into the calling process's ring (``table.writer``) and does
     nothing more than the plain lock when that is None.  ``unlock``

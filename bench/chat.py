@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import linecache
 import os
 import re
 import select
@@ -1024,13 +1025,30 @@ def worker_cpu_per_message(server: ChatServer, seconds: float) -> None:
             settle(server, conns, quiet=0.05)
 
 
+#: The worker's loop functions: frames above them are the parent's code before the fork.
+LOOP_FRAMES = ("Worker.run ", "Worker.serve ")
+
+
+def waits_for_events(frame: str) -> bool:
+    """Whether a sample's last frame sits on a line of the worker that calls ``poll(``.
+
+    ``epoll.poll`` is C, so a worker asleep in it shows as its caller's frame,
+    at that line: such samples are idle time, whatever the loop is called.
+    """
+    found = re.search(r"\((.+):(\d+)\)$", frame)
+    if found is None or not frame.startswith(LOOP_FRAMES):
+        return False
+    return "poll(" in linecache.getline(str(REPO / found.group(1)), int(found.group(2)))
+
+
 def summarise(path: Path, title: str, top: int = 16) -> None:
     """Where a worker's busy time goes, from py-spy's collapsed stacks.
 
-    Frames above ``Worker.run`` (the parent's code before the fork) are left
-    out; samples waiting for events count as idle: those that end in
-    ``Worker.run`` itself (its ``epoll.poll`` is C, so no frame of its own),
-    or in ``EpollSelector.select`` (workers before the loop used epoll directly).
+    Frames down to the worker's loop (``Worker.run``, ``Worker.serve``) are
+    left out; samples waiting for events count as idle: those that end in
+    the loop's ``poll`` line (``waits_for_events``), or in
+    ``EpollSelector.select`` (workers before the loop used epoll directly).
+    The loop's own other lines are shown as "the loop's own lines".
     """
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
@@ -1044,12 +1062,15 @@ def summarise(path: Path, title: str, top: int = 16) -> None:
             continue
         n = int(weight)
         total += n
-        names = [re.sub(r" \((?:.*/)?([^/:]+):\d+\)$", r" (\1)", f) for f in stack.split(";")]
-        runs = [i for i, name in enumerate(names) if name.startswith("Worker.run ")]
-        names = names[runs[0] + 1 :] if runs else names
-        if not names or names[-1].startswith("EpollSelector.select"):
+        frames = stack.split(";")
+        if waits_for_events(frames[-1]) or frames[-1].startswith("EpollSelector.select"):
             continue
+        names = [re.sub(r" \((?:.*/)?([^/:]+):\d+\)$", r" (\1)", f) for f in frames]
+        loops = [i for i, name in enumerate(names) if name.startswith(LOOP_FRAMES)]
+        names = names[loops[-1] + 1 :] if loops else names
         busy += n
+        if not names:
+            names = ["the loop's own lines"]
         for name in set(names):
             inclusive[name] += n
         own[names[-1]] += n

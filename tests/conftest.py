@@ -70,6 +70,12 @@ def _port_of(key: int) -> int | None:
 STARTED_PORTS: set[int] = set()
 
 
+def visible_objects() -> set[tuple[str, int, int]]:
+    """The objects a test may compare: every one on the machine, or with
+    SHMCHAT_TEST_SHARED_MACHINE=1 only those of this process's servers."""
+    return _visible(sysv_objects())
+
+
 def _visible(objects: set[tuple[str, int, int]]) -> set[tuple[str, int, int]]:
     """What the leak check compares.
 

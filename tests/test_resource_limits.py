@@ -240,6 +240,11 @@ def open_fds(pid: int) -> dict[int, str]:
     return found
 
 
+def sockets_only_the_listener(fds: dict[int, str]) -> dict[int, str] | None:
+    """``fds`` if the listener is the only socket among them, else None."""
+    return fds if sum(target.startswith("socket:") for target in fds.values()) == 1 else None
+
+
 def cpu_ticks(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
@@ -260,7 +265,11 @@ def test_past_the_descriptor_limit_the_parent_refuses_without_spinning_and_recov
         a, b = RawClient(server.port), RawClient(server.port)
         clients += [a, b]
         a.welcome(), b.welcome()
-        fds = open_fds(server.pid)
+        # The parent closes each accepted socket after the fork, maybe after the welcome:
+        # wait until the listener is its only socket, so that the numbers below are settled.
+        fds = wait_until(
+            lambda: sockets_only_the_listener(open_fds(server.pid)), what="the parent's fds to settle"
+        )
         lowest_free = min(set(range(len(fds) + 1)) - set(fds))
         reserve = [fd for fd, target in fds.items() if fd > 2 and target == "/dev/null"]
         assert len(reserve) == 1 and reserve[0] < lowest_free, fds  # the reserve descriptor

@@ -77,6 +77,7 @@ class ChatServer:
         self.config = config
         self.children: dict[int, Child] = {}
         self.stopping = False
+        self.tables_lost = False  # a semop failed for good: shut down without the tables
         self.outbox: Outbox | None = None
         self.listener: Listener | None = None
         self.ipc: ServerIpc | None = None
@@ -147,7 +148,8 @@ class ChatServer:
 
     # -- the loop ----------------------------------------------------------------
 
-    def serve_forever(self) -> None:
+    def serve_forever(self) -> int:
+        """Serve until a stop signal; the exit status (1 if the tables were lost)."""
         try:
             while not self.stopping:
                 for key, _ in self.selector.select(self._timeout()):
@@ -159,8 +161,12 @@ class ChatServer:
                 self.post_pending()
                 if self.listener is not None:
                     self.listener.resume_if_due()
+        except sysv_ipc.Error as exc:  # EIDRM: someone ran ipcrm on our objects
+            log.error("the shared tables failed (%s); stopping every worker and exiting", exc)
+            self.tables_lost = True
         finally:
             self.shutdown()
+        return 1 if self.tables_lost else 0
 
     def _timeout(self) -> float | None:
         """How long the loop may sleep: for ever, unless notices or a paused listener wait."""
@@ -266,6 +272,8 @@ class ChatServer:
         assert self.ipc is not None and self.spool is not None and self.doorbells is not None
         caller = child.caller
         how = describe_exit(status)
+        if self.tables_lost:
+            return  # nobody can be told through tables that are gone
         released = self.ipc.directory.release_slot(caller.slot, caller.generation)
         unread, waiters = self.ipc.messages.close(caller.slot, caller.generation)
         for slot in waiters:
@@ -319,6 +327,10 @@ class ChatServer:
         if self.listener is not None:
             self.listener.close()
             self.listener = None
+        if self.tables_lost:  # no goodbye through the tables: the workers are stopped at once
+            self.outbox = None
+            for pid in self.children:
+                os.kill(pid, signal.SIGKILL)
         if self.outbox is not None:
             # A goodbye that finds a full mailbox (its worker lags) is retried
             # until the grace period ends: only then is a worker killed.
@@ -380,6 +392,6 @@ def run(config: ServerConfig) -> int:
         f"(pid {os.getpid()}, up to {config.max_clients} clients; Ctrl-C stops it)",
         flush=True,
     )
-    server.serve_forever()
+    status = server.serve_forever()
     print("shmchat server stopped; its shared memory and semaphores are removed", flush=True)
-    return 0
+    return status

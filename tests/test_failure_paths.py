@@ -326,3 +326,19 @@ def test_one_client_cannot_take_every_group_slot(server, connect):
     a.expect(rf"^\[error\] no group made: you already administer {MAX_GROUPS_PER_ADMIN} groups")
     b.send(f"/makegroupreq {a.id}")  # the others can still make groups
     b.expect(r"^\[ok\] group \d+ created")
+
+
+def test_tables_removed_under_a_running_server_stop_it_with_one_line_and_no_leak(start_server, connect):
+    server = start_server()
+    a = connect(target=server)
+    semaphores = [o for o in port_objects(server.port) if o[0] == "sem"]
+    for _kind, _key, ident in semaphores:  # what `ipcrm -s` does to a careless lab neighbour's server
+        subprocess.run(["ipcrm", "-s", str(ident)], check=True)
+    late = socket.create_connection(("127.0.0.1", server.port), timeout=10)  # the parent needs a lock
+    assert server.proc.wait(timeout=20) == 1
+    server.killed = True  # its exit status 1 is what this test expects
+    log = server.log()
+    assert "the shared tables failed" in log and "Traceback" not in log
+    assert port_objects(server.port) == set()
+    assert a.closed()
+    late.close()

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The classroom demo: one tmux session with the server, the live inspector and
-# three interactive clients, each in its own labelled pane, ready to type into.
+# The classroom demo: one tmux session with the server, the live inspector, the
+# live trace and three interactive clients, each in its own labelled pane, ready
+# to type into.  The server runs with --trace (the trace pane) and --lesson-hooks
+# (so that ./dev lesson can run against it).
 #
 #   scripts/demo.sh start [--port N] [--detach]   open it (and attach, unless --detach
 #                                                 or stdin is not a terminal)
@@ -17,12 +19,17 @@
 #   SHMCHAT_DEMO_SESSION      tmux session name (default shmchat-demo)
 #   SHMCHAT_DEMO_TMUX_SOCKET  a separate tmux server (tmux -L NAME); default: your usual one
 #   SHMCHAT_PYTHON            interpreter (default .venv/bin/python if present, else python3)
+#
+# The server has room for 8 clients: the three panes, and the clients a lesson
+# (./dev lesson) connects next to them.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SELF="$ROOT/scripts/demo.sh"
 SESSION="${SHMCHAT_DEMO_SESSION:-shmchat-demo}"
 PORT="${SHMCHAT_DEMO_PORT:-5000}"
+# Room for the three demo clients and the clients a lesson connects (up to three).
+DEMO_CLIENTS=8
 
 pick_python() {
     if [ -n "${SHMCHAT_PYTHON:-}" ]; then echo "$SHMCHAT_PYTHON"
@@ -74,9 +81,9 @@ pid = live_server_pid(int(sys.argv[1]))
 print(pid or "")' "$1" 2>/dev/null)
 }
 
-shmchat_objects() {  # how many IPC objects of port $1 exist
+shmchat_objects() {  # how many IPC objects of port $1 exist (the trace table is object 5)
     local key=$(( (0x5C4 << 20) | ($1 << 4) ))
-    awk -v lo="$key" -v hi="$(( key + 4 ))" 'NR > 1 && $1 >= lo && $1 <= hi { n++ } END { print n + 0 }' \
+    awk -v lo="$key" -v hi="$(( key + 5 ))" 'NR > 1 && $1 >= lo && $1 <= hi { n++ } END { print n + 0 }' \
         /proc/sysvipc/shm /proc/sysvipc/sem
 }
 
@@ -88,7 +95,7 @@ pane_server() {  # port state
     while true; do
         # sh writes its own pid, then becomes the server: the pid file names the server.
         sh -c 'echo $$ > "$1"; shift; exec "$@"' sh "$state/server.pid" \
-            "$PY" -m server --port "$port" --log-level INFO
+            "$PY" -m server --port "$port" --max-clients "$DEMO_CLIENTS" --trace --lesson-hooks --log-level INFO
         status=$?
         rm -f "$state/server.pid"
         printf '\n[the server exited with status %s; press Enter to start it again]\n' "$status"
@@ -101,6 +108,24 @@ pane_inspector() {  # port
     while true; do
         "$PY" -m shm inspect --port "$1" --watch 1
         printf '\n[the inspector stopped; press Enter to start it again]\n'
+        read -r || exit 0
+    done
+}
+
+has_trace_table() {  # does port $1 have a trace segment (object 5) in /proc/sysvipc/shm?
+    local key=$(( (0x5C4 << 20) | ($1 << 4) | 5 ))
+    awk -v key="$key" 'NR > 1 && $1 == key { found = 1 } END { exit !found }' /proc/sysvipc/shm
+}
+
+pane_trace() {  # port
+    local port="$1" tries
+    cd "$ROOT" || exit 1
+    while true; do
+        # The server listens first and creates its tables just after: wait for the trace table.
+        tries=150
+        while ! has_trace_table "$port" && [ "$tries" -gt 0 ]; do sleep 0.1; tries=$(( tries - 1 )); done
+        "$PY" -m shm trace --port "$port" --follow
+        printf '\n[the trace stopped; press Enter to start it again]\n'
         read -r || exit 0
     done
 }
@@ -151,17 +176,20 @@ start() {
     q_self="$(printf '%q' "$SELF")"; q_py="$(printf '%q' "$PY")"; q_state="$(printf '%q' "$state")"
     local run="SHMCHAT_PYTHON=$q_py bash $q_self"
 
-    # Left column: the inspector above the server log; right column: three clients.
-    local server inspector a b c
+    # Left column: the inspector above the trace; right column: three clients above
+    # the server's log.
+    local server inspector trace a b c
     server="$(tmux_ new-session -d -s "$SESSION" -n shmchat -x "$cols" -y "$rows" -P -F '#{pane_id}' \
         "$run _server $PORT $q_state")" || fail "tmux could not start a session"
     wait_listening "$PORT" 15 || say "warning: the server is not listening on $PORT yet (see its pane)"
-    a="$(tmux_ split-window -h -l 40% -t "$server" -P -F '#{pane_id}' "$run _client $PORT A $q_state")"
+    inspector="$(tmux_ split-window -h -b -l 60% -t "$server" -P -F '#{pane_id}' "$run _inspector $PORT")"
+    a="$(tmux_ split-window -v -b -l 84% -t "$server" -P -F '#{pane_id}' "$run _client $PORT A $q_state")"
     b="$(tmux_ split-window -v -l 67% -t "$a" -P -F '#{pane_id}' "$run _client $PORT B $q_state")"
     c="$(tmux_ split-window -v -l 50% -t "$b" -P -F '#{pane_id}' "$run _client $PORT C $q_state")"
-    inspector="$(tmux_ split-window -v -b -l 78% -t "$server" -P -F '#{pane_id}' "$run _inspector $PORT")"
+    trace="$(tmux_ split-window -v -l 40% -t "$inspector" -P -F '#{pane_id}' "$run _trace $PORT")"
 
-    tmux_ select-pane -t "$server" -T "server  (python -m server --port $PORT)"
+    tmux_ select-pane -t "$server" -T "server  (python -m server --port $PORT --trace --lesson-hooks)"
+    tmux_ select-pane -t "$trace" -T "trace  (python -m shm trace --port $PORT --follow)"
     tmux_ select-pane -t "$inspector" -T "inspector  (python -m shm inspect --port $PORT --watch)"
     tmux_ select-pane -t "$a" -T "client A"
     tmux_ select-pane -t "$b" -T "client B"
@@ -173,7 +201,8 @@ start() {
     tmux_ select-pane -t "$a"
 
     say "shmchat demo running on 127.0.0.1:$PORT in tmux session '$SESSION'."
-    say "  panes: inspector and server on the left, clients A, B, C on the right (click one to type)"
+    say "  panes: inspector, trace and server on the left, clients A, B, C on the right (click one to type)"
+    say "  guided lessons against this server: ./dev lesson"
     say "  stop everything: ./dev demo-stop$( [ "$PORT" = 5000 ] || printf ' --port %s' "$PORT")"
     if [ "$detach" = 1 ] || [ ! -t 0 ] || [ ! -t 1 ]; then
         local how="tmux attach -t $SESSION"
@@ -263,6 +292,7 @@ case "$cmd" in
     stop) stop "$@" ;;
     _server) PY="${SHMCHAT_PYTHON:-$PY}"; pane_server "$@" ;;
     _inspector) PY="${SHMCHAT_PYTHON:-$PY}"; pane_inspector "$@" ;;
+    _trace) PY="${SHMCHAT_PYTHON:-$PY}"; pane_trace "$@" ;;
     _client) PY="${SHMCHAT_PYTHON:-$PY}"; pane_client "$@" ;;
-    *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || exit 2 ;;
+    *) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || exit 2 ;;
 esac

@@ -389,12 +389,12 @@ def test_demo_starts_ready_to_type_and_stops_clean(tmp_path: Path) -> None:
         assert "stop everything: ./dev demo-stop" in started.stdout
         ids = {n: int(wait_screen(pane(f"client {n}"), r"unique id is (\d{5})").group(1)) for n in "ABC"}
         inspector = pane("inspector")
-        wait_screen(inspector, r"3/5 online")
+        wait_screen(inspector, r"3/8 online")  # the demo has room for the lessons' clients
         for client_id in ids.values():
             wait_screen(inspector, rf"online\s+{client_id}\b")
         wait_screen(pane("server"), rf"client {ids['C']} connected")
         pane_pids = [int(pid) for pid in tmux("list-panes", "-s", "-t", "demo", "-F", "#{pane_pid}").split()]
-        assert len(pane_pids) == 5
+        assert len(pane_pids) == 6  # with the trace pane
         # Ready to type into: A broadcasts, B and C see it.
         tmux("send-keys", "-t", pane("client A"), "/broadcast hello class", "Enter")
         for name in "BC":

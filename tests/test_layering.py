@@ -36,6 +36,7 @@ ALLOWED = {
     "server": {"protocol", "shm", "palette"},
     "client": {"protocol", "shm", "palette"},
     "inspector": {"protocol", "shm", "palette"},
+    "lessons": {"protocol", "shm"},
 }
 #: Project code that no package above may import (benchmarks and tests use the packages).
 NOT_IMPORTABLE = {"bench", "tests", "conftest"}

@@ -1,0 +1,75 @@
+"""``python -m lessons [NAME] [--port P] [--no-pause]``: list the lessons, or run one (``./dev lesson``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import NamedTuple
+
+from lessons import backpressure, cleanup, send, undo
+from lessons.kit import LessonFailed, Narrator, find_port
+
+
+class Lesson(NamedTuple):
+    run: Callable[[int, Narrator], None]
+    summary: str
+
+
+LESSONS: dict[str, Lesson] = {
+    "send": Lesson(
+        send.run, "one /send from A to B, traced step by step, with the system call behind each row"
+    ),
+    "undo": Lesson(undo.run, "a worker holding the messages lock is killed: SEM_UNDO hands the lock back"),
+    "backpressure": Lesson(
+        backpressure.run,
+        "a client stops reading: its mailbox fills, the sender waits, it is cut off past 4 MiB",
+    ),
+    "cleanup": Lesson(
+        cleanup.run, "Ctrl-C on the server: its objects leave ipcs (this stops the demo's server)"
+    ),
+}
+
+
+def listing() -> str:
+    lines = ["Guided lessons, run against the demo's server (start it first: ./dev demo):", ""]
+    lines += [f"  ./dev lesson {name:13} {lesson.summary}" for name, lesson in LESSONS.items()]
+    lines += [
+        "",
+        "Each lesson says what to look at in the demo's trace and inspector panes, one step at a time.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="./dev lesson", description=listing(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("name", nargs="?", choices=list(LESSONS), help="the lesson to run (none: list them)")
+    parser.add_argument(
+        "--port", type=int, default=None, help="the demo server's port (default: the one running)"
+    )
+    parser.add_argument(
+        "--no-pause",
+        action="store_true",
+        help="do not wait for Enter between steps (the default off a terminal)",
+    )
+    args = parser.parse_args(argv)
+    if args.name is None:
+        print(listing())
+        return 0
+    narrator = Narrator(pause=sys.stdin.isatty() and not args.no_pause)
+    try:
+        port = find_port(args.port, f"./dev lesson {args.name}")
+        LESSONS[args.name].run(port, narrator)
+    except LessonFailed as exc:
+        print(f"\nlesson {args.name}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print(f"\nEnd of lesson {args.name}. The others: ./dev lesson")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

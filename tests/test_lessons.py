@@ -1,0 +1,229 @@
+"""The guided lessons (``./dev lesson``) and the demo's trace pane, end to end.
+
+Each lesson runs as ``python -m lessons NAME --port P`` against a real server
+started with ``--trace --lesson-hooks`` (what ``./dev demo`` starts), its
+narration read from stdout, and must leave no process and no IPC object.
+The tmux test starts the real demo, watches one typed message cross its
+trace pane, runs a lesson against the demo's own server and stops it all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from conftest import ROOT, STARTED_PORTS, TIMEOUT, ServerProcess, python_env
+
+from shm.segments import list_objects
+
+needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+LESSON_TIMEOUT = 90
+T = TypeVar("T")
+
+
+def lesson(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lessons", *args],
+        cwd=ROOT,
+        env=python_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=LESSON_TIMEOUT,
+    )
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float = TIMEOUT) -> T:
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+        time.sleep(0.05)
+    return found
+
+
+def no_workers_left(server: ServerProcess) -> None:
+    """Every worker the lesson caused has exited and been reaped (no process left)."""
+    wait_for("the lesson's workers exiting", lambda: server.worker_pids() == [])
+
+
+@pytest.fixture
+def lesson_server(start_server) -> ServerProcess:
+    return start_server("--trace", "--lesson-hooks")
+
+
+def test_the_list_names_every_lesson() -> None:
+    done = lesson()
+    assert done.returncode == 0
+    for name in ("send", "undo", "backpressure", "cleanup"):
+        assert re.search(rf"^  \./dev lesson {name} ", done.stdout, re.M), done.stdout
+
+
+def test_a_server_without_trace_is_refused_with_how_to_start_the_demo(server) -> None:
+    done = lesson("send", "--port", str(server.port))
+    assert done.returncode == 1
+    assert "runs without --trace" in done.stderr and "./dev demo" in done.stderr
+
+
+def test_send_shows_every_step_with_its_system_call(lesson_server: ServerProcess) -> None:
+    done = lesson("send", "--port", str(lesson_server.port))
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    b_id = int(re.search(r"B is client (\d{5})", out).group(1))  # type: ignore[union-attr]
+    rows = [
+        r"A's worker\s+wake socket\s+epoll_wait",
+        r"A's worker\s+recv \d+ B\s+recv",
+        r"A's worker\s+lock messages \(waited \d+ µs\)\s+semop P, SEM_UNDO",
+        rf"A's worker\s+post →{b_id} @\d+ \d+ B\s+none: memcpy",
+        r"A's worker\s+unlock messages\s+semop V, SEM_UNDO",
+        rf"A's worker\s+ring →{b_id}\s+write",
+        r"B's worker\s+wake doorbell\s+epoll_wait",
+        r"B's worker\s+take 1 rec \d+ B\s+none: memcpy",
+        r"B's worker\s+send \d+ B\s+send",
+    ]
+    at = [re.search(row, out).start() for row in rows]  # type: ignore[union-attr]
+    assert at == sorted(at), out  # in that order
+    assert re.search(r"From the ring to the wake: \d+\.\d µs", out)
+    no_workers_left(lesson_server)
+
+
+def test_undo_shows_the_lock_handed_back_and_chatting_going_on(lesson_server: ServerProcess) -> None:
+    done = lesson("undo", "--port", str(lesson_server.port))
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    h_pid = int(re.search(r"H is client \d{5}, its worker is pid (\d+)", out).group(1))  # type: ignore[union-attr]
+    assert re.search(rf"messages lock: value 0 = held, 0 waiting, last semop by pid {h_pid}", out)
+    assert "messages lock: value 0 = held, 1 waiting" in out
+    assert "messages lock: value 1 = free" in out
+    assert re.search(rf"parent\s+reap {h_pid}", out)
+    assert re.search(r"H's worker\s+undo messages\s+<- given back by the kernel \(SEM_UNDO\)", out)
+    assert "A got: [msg from" in out and "yes, still here" in out
+    no_workers_left(lesson_server)
+
+
+def test_backpressure_fills_the_mailbox_holds_the_sender_and_cuts_the_reader_off(
+    lesson_server: ServerProcess,
+) -> None:
+    done = lesson("backpressure", "--port", str(lesson_server.port))
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert re.search(r"S's mailbox: \d+ records pending, [\d,]+ of 262,144 B used, found full [1-9]", out)
+    assert re.search(r"waiting for room in it: slot\(s\) \[\d\] \(A's\)", out)
+    assert re.search(r"still in\s+.*A's own socket send queue", out, re.S)
+    assert re.search(
+        r"A got: \[server\] client \d{5} was disconnected \(it stopped reading its messages\)", out
+    )
+    assert "stopped reading" in lesson_server.log() and "limit 4194304" in lesson_server.log()
+    no_workers_left(lesson_server)
+
+
+def test_cleanup_stops_the_server_and_ipcs_shows_nothing_left(lesson_server: ServerProcess) -> None:
+    port = lesson_server.port
+    assert len(list_objects(port)) == 6
+    done = lesson("cleanup", "--port", str(port))
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    before, after = out.split("ipcs afterwards")
+    for obj in range(6):  # the keys of all six objects were listed before
+        assert f"0x{(0x5C4 << 20) | (port << 4) | obj:08x}" in before
+    assert len(re.findall(r"removed$", before, re.M)) == 6
+    assert f"list no key of port {port}" in after
+    assert lesson_server.proc.wait(TIMEOUT) == 0  # SIGINT: a clean stop
+    assert list_objects(port) == []
+
+
+# -- the demo, in tmux -------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@needs_tmux
+@pytest.mark.tmux
+def test_the_demo_traces_a_typed_message_runs_a_lesson_and_stops_clean(tmp_path: Path) -> None:
+    port = _free_port()
+    STARTED_PORTS.add(port)  # the leak check watches this port's IPC objects too
+    socket_name = f"shmchat-test-{uuid.uuid4().hex[:12]}"
+    env = python_env()
+    env.pop("TMUX", None)
+    env.update(
+        SHMCHAT_DEMO_TMUX_SOCKET=socket_name,
+        SHMCHAT_DEMO_SESSION="demo",
+        SHMCHAT_PYTHON=sys.executable,
+        XDG_DATA_HOME=str(tmp_path / "data"),
+        XDG_RUNTIME_DIR=str(tmp_path),
+    )
+
+    def demo(command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", str(ROOT / "scripts" / "demo.sh"), command, "--port", str(port)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def tmux(*args: str) -> str:
+        return subprocess.run(
+            ["tmux", "-L", socket_name, *args], env=env, capture_output=True, text=True, timeout=TIMEOUT
+        ).stdout
+
+    def pane(title: str) -> str:
+        listing = tmux("list-panes", "-t", "demo", "-F", "#{pane_id} #{pane_title}")
+        return next(line.split()[0] for line in listing.splitlines() if title in line)
+
+    def screen(pane_id: str) -> str:  # with what scrolled off the top
+        return tmux("capture-pane", "-p", "-J", "-S", "-1000", "-t", pane_id)
+
+    def wait_screen(pane_id: str, pattern: str) -> re.Match:
+        return wait_for(
+            f"{pattern!r} in pane {pane_id}", lambda: re.search(pattern, screen(pane_id), re.M), 20
+        )
+
+    started = demo("start")
+    pane_pids: list[int] = []
+    try:
+        assert started.returncode == 0, started.stderr
+        assert "./dev lesson" in started.stdout
+        titles = tmux("list-panes", "-t", "demo", "-F", "#{pane_title}")
+        assert f"trace  (python -m shm trace --port {port} --follow)" in titles
+        assert f"--port {port} --trace --lesson-hooks" in titles
+        ids = {n: int(wait_screen(pane(f"client {n}"), r"unique id is (\d{5})").group(1)) for n in "ABC"}
+        wait_screen(pane("inspector"), r"3/8 online")
+        pane_pids = [int(pid) for pid in tmux("list-panes", "-s", "-t", "demo", "-F", "#{pane_pid}").split()]
+        assert len(pane_pids) == 6
+        # One message typed in A crosses the trace pane: A rings B, B wakes and sends.
+        tmux("send-keys", "-t", pane("client A"), f"/send {ids['B']} watch me travel", "Enter")
+        wait_screen(pane("client B"), rf"\[private\] {ids['A']} → you: watch me travel")
+        trace = pane("trace")
+        wait_screen(trace, rf"ring →{ids['B']}")
+        wait_screen(trace, r"µs ─*▶ wake doorbell|wake doorbell ◀─* [\d.]+ µs")
+        # A lesson runs against the demo's own server (--port: other test runs may have
+        # servers on this machine, and the lesson would ask which one).
+        done = lesson("undo", "--port", str(port))
+        assert done.returncode == 0, done.stdout + done.stderr
+        wait_screen(trace, r"✝ SEM_UNDO")  # (a narrow column cuts the lock's name)
+        for name in "ABC":  # the demo's own clients kept chatting, and saw H leave
+            wait_screen(pane(f"client {name}"), r"disconnected \(its worker process died: SIGKILL\)")
+    finally:
+        stopped = demo("stop")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert "no demo process left, no IPC object of port" in stopped.stdout
+    assert list_objects(port) == []
+    for pid in pane_pids:
+        assert not os.path.exists(f"/proc/{pid}"), f"pane process {pid} is still running"
+    socket_file = Path(os.environ.get("TMUX_TMPDIR") or "/tmp") / f"tmux-{os.geteuid()}" / socket_name
+    assert not socket_file.exists()

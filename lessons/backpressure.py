@@ -90,8 +90,8 @@ def run(port: int, say: Narrator) -> None:
 
         say.step(
             f"kill -STOP {s_pid}  (S's worker)",
-            "The inspector's CLIENT TABLE shows S's worker as 'stopped'. It can no longer take "
-            "anything from its mailbox.",
+            "Then the inspector's CLIENT TABLE shows S's worker as STOPPED (state T in ps): it "
+            "can no longer take anything from its mailbox.",
         )
         os.kill(s_pid, signal.SIGSTOP)
         stopped = s_pid

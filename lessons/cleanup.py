@@ -41,9 +41,11 @@ def ipcs_lines(port: int) -> list[str]:
     out = []
     for flag in ("-m", "-s"):
         listing = subprocess.run(["ipcs", flag], capture_output=True, text=True, check=False).stdout
-        out += [
-            line.rstrip() for line in listing.splitlines() if line.split()[:1] and line.split()[0] in keys
-        ]
+        lines = listing.splitlines()
+        mine = [line.rstrip() for line in lines if line.split()[:1] and line.split()[0] in keys]
+        if mine:  # the title and column names ipcs prints, then this port's rows
+            at = next((i for i, line in enumerate(lines) if line.startswith("key")), 0)
+            out += [line.rstrip() for line in lines[max(0, at - 1) : at + 1]] + mine
     return out
 
 

@@ -73,15 +73,18 @@ class Narrator:
         self._print(f"\n== {text} ==")
 
     def step(self, heading: str, text: str = "") -> None:
-        """A new step: wait for the reader first (with ``pause``), then say what happens."""
-        if self.steps and self.pause:
-            self.out.write("\n  [press Enter for the next step]")
-            self.out.flush()
-            sys.stdin.readline()
+        """A new step: say what is about to happen and where to look, then (with ``pause``) wait.
+
+        The reader reads first, looks at the pane named, and presses Enter to see it happen.
+        """
         self.steps += 1
         self._print(f"\n{self.steps}. {heading}")
         if text:
             self.say(text)
+        if self.pause:
+            self.out.write("   [press Enter]")
+            self.out.flush()
+            sys.stdin.readline()
 
     def say(self, text: str) -> None:
         """A paragraph in plain words, wrapped."""
@@ -111,12 +114,18 @@ class ChatClient:
 
     def __init__(self, port: int, name: str, read: bool = True) -> None:
         self.name = name
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=PATIENCE)
+        self.sock = socket.socket()
+        if not read:  # before connect: the window offered to the server follows it
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.settimeout(PATIENCE)
+        try:
+            self.sock.connect(("127.0.0.1", port))
+        except OSError as exc:
+            self.sock.close()
+            raise LessonFailed(f"client {name} of the lesson cannot connect to port {port}: {exc}") from None
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
         self._rest = b""
-        if not read:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         first = self._read_line()
         parsed = replies.parse_welcome(first)
         if parsed is None:

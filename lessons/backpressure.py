@@ -22,12 +22,14 @@ from lessons.kit import (
     ChatClient,
     LessonFailed,
     Narrator,
+    Semaphore,
     connect_all,
     process_state,
     slot_of,
     wait_until,
     worker_pid,
 )
+from shm.layout import IpcObject
 from shm.mailboxes import MailboxStats
 from shm.snapshot import take_snapshot
 
@@ -67,6 +69,30 @@ class Flood:
         self.thread.join(timeout=10)
 
 
+def holds_a_lock(port: int, pid: int) -> bool:
+    """Is ``pid`` the holder of a table lock (value 0, and the last semop was its own)?"""
+    locks = (Semaphore(port, IpcObject.DIRECTORY_SEMAPHORE), Semaphore(port, IpcObject.MESSAGES_SEMAPHORE))
+    return any(lock.value == 0 and lock.last_pid == pid for lock in locks)
+
+
+def stop_outside_any_lock(port: int, pid: int) -> None:
+    """SIGSTOP ``pid``, but never while it holds a table lock.
+
+    A worker stopped inside its few microseconds under a lock (taking mail the
+    demo's clients sent it, say) would stall everyone, until the parent, needing
+    that lock itself, killed it after 2 s: another lesson (undo's).  Then let it
+    run and try again.
+    """
+    for _ in range(20):
+        os.kill(pid, signal.SIGSTOP)
+        wait_until("S's worker stopping", lambda: process_state(pid) == "T")
+        if not holds_a_lock(port, pid):
+            return
+        os.kill(pid, signal.SIGCONT)
+        wait_until("S's worker giving its lock back", lambda: not holds_a_lock(port, pid))
+    raise LessonFailed(f"worker {pid} was holding a table lock each time it was stopped")
+
+
 def run(port: int, say: Narrator) -> None:
     say.title("Lesson backpressure: a client stops reading")
     say.say(__doc__.split("\n\n")[1] if __doc__ else "")
@@ -93,9 +119,8 @@ def run(port: int, say: Narrator) -> None:
             "Then the inspector's CLIENT TABLE shows S's worker as STOPPED (state T in ps): it "
             "can no longer take anything from its mailbox.",
         )
-        os.kill(s_pid, signal.SIGSTOP)
         stopped = s_pid
-        wait_until("S's worker stopping", lambda: process_state(s_pid) == "T")
+        stop_outside_any_lock(port, s_pid)
 
         say.step(
             f"A sends S messages of {MESSAGE_CHARS // 1000} kB, one after another",

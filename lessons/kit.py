@@ -227,7 +227,13 @@ def find_port(port: int | None, command: str = "./dev lesson") -> int:
                 f"{len(servers)} shmchat servers are running ({listed}); choose one with --port"
             )
         port = servers[0].port
-    if not any(e.obj == IpcObject.TRACE_SEGMENT for e in list_objects(port)):
+    objects = list_objects(port)
+    if not objects:
+        raise LessonFailed(
+            f"no shmchat server on port {port}. The lessons run against the demo's server: start it "
+            f"with '{DEMO_COMMAND} --port {port}' (in another terminal), then run '{command}' again"
+        )
+    if not any(e.obj == IpcObject.TRACE_SEGMENT for e in objects):
         raise LessonFailed(
             f"the server on port {port} runs without --trace. The lessons need the demo's server: "
             f"stop this one and start '{DEMO_COMMAND}' (python -m server --trace --lesson-hooks)"

@@ -69,6 +69,14 @@ def test_the_list_names_every_lesson() -> None:
         assert re.search(rf"^  \./dev lesson {name} ", done.stdout, re.M), done.stdout
 
 
+def test_without_a_server_the_lesson_says_how_to_start_the_demo() -> None:
+    port = _free_port()
+    done = lesson("undo", "--port", str(port))
+    assert done.returncode == 1
+    assert f"no shmchat server on port {port}" in done.stderr
+    assert f"start it with './dev demo --port {port}'" in done.stderr
+
+
 def test_a_server_without_trace_is_refused_with_how_to_start_the_demo(server) -> None:
     done = lesson("send", "--port", str(server.port))
     assert done.returncode == 1

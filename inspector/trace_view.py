@@ -92,9 +92,13 @@ class TraceView:
         self.cell = MAX_CELL
         self._drawn: tuple[int, ...] = ()  # the columns of the last header drawn
         self._rings: dict[int, list[TraceRecord]] = {}  # receiver id -> rings not yet answered
+        self._reaped: set[int] = set()  # workers the parent has reaped: their columns may go
 
     def add_column(self, e: TraceRecord) -> int:
-        if e.pid not in self.labels:
+        if e.pid not in self.columns:
+            # A new process: the columns of reaped workers make room for it, so that a
+            # pane left open through many clients (the demo, the lessons) stays readable.
+            self.columns = [pid for pid in self.columns if pid not in self._reaped]
             parent = e.ring == 0
             self.labels[e.pid] = f"parent pid {e.pid}" if parent else f"{e.who} pid {e.pid}"
             if parent:
@@ -124,7 +128,7 @@ class TraceView:
         column = self.columns.index(e.pid)
         text = event_text(e)
         ring = self._answered_ring(e)
-        if ring is not None and ring.pid in self.labels and ring.pid != e.pid:
+        if ring is not None and ring.pid in self.columns and ring.pid != e.pid:
             origin = self.columns.index(ring.pid)
             label = f" {(e.t_ns - ring.t_ns) / 1000:.1f} µs "
             lo, hi = sorted((origin, column))
@@ -166,6 +170,8 @@ class TraceView:
             if self.t0 is None:
                 self.t0 = e.t_ns
             self.add_column(e)
+            if e.event is TraceEvent.REAP:
+                self._reaped.add(e.child)
             if tuple(self.columns) != self._drawn:
                 if self._drawn:
                     lines.append("")

@@ -22,7 +22,7 @@ import pytest
 import sysv_ipc
 from conftest import ROOT, TIMEOUT, python_env
 
-from inspector.trace_view import event_text, render
+from inspector.trace_view import TraceView, event_text, render
 from shm import layout
 from shm.discovery import running_servers
 from shm.layout import IpcObject, TraceEvent, WakeSource
@@ -288,6 +288,20 @@ def test_the_diagram_has_a_column_per_process_and_an_arrow_from_ring_to_wake():
     assert wake.index("60.0 µs") < wake.index("▶") and "─" in wake
     times = [line.split()[0] for line in lines[2:]]  # ms since the first event, in time order
     assert times == ["0.000", "0.010", "0.011", "0.012", "0.013", "0.014", "0.074", "0.080", "0.090"]
+
+
+def test_a_followed_pane_gives_a_reaped_workers_column_to_the_next_process():
+    view = TraceView(width=100)
+    view.feed(SEND)
+    lines = view.feed(
+        [
+            record(0, 100, 100, 0, TraceEvent.REAP, child=101, slot=0, to=10001, status=0),
+            record(3, 120, 103, 30003, TraceEvent.RECV, bytes=5),  # a newcomer in its own column
+        ]
+    )
+    header = next(line for line in lines if "pid" in line)
+    assert "30003 pid 103" in header and "20002 pid 102" in header
+    assert "10001 pid 101" not in header  # the reaped worker's column made room
 
 
 def test_a_wake_from_the_socket_answers_no_ring():

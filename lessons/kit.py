@@ -11,7 +11,6 @@ few tens of milliseconds for a bounded time, as ``inspect --watch`` and
 
 from __future__ import annotations
 
-import os
 import queue
 import re
 import socket
@@ -27,7 +26,7 @@ import sysv_ipc
 from protocol import replies
 from shm import discovery, layout
 from shm.layout import IpcObject, TraceEvent
-from shm.segments import list_objects, live_server_pid
+from shm.segments import list_objects, live_server_pid, pid_alive
 from shm.snapshot import NotRunning, take_snapshot
 from shm.trace_reader import TraceRecord, TraceUnavailable, open_trace, with_undo
 
@@ -356,11 +355,4 @@ def process_state(pid: int) -> str:
         return "-"
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+alive = pid_alive  # the lessons read better with the short name

@@ -79,7 +79,8 @@ def list_objects(port: int | None = None) -> list[IpcEntry]:
     return sorted(entries, key=lambda e: (e.port, e.obj))
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is there a process with this pid (kill(pid, 0); EPERM means yes, someone else's)?"""
     if pid <= 0:
         return False
     try:
@@ -110,7 +111,7 @@ def live_server_pid(port: int) -> int | None:
     for entry in list_objects(port):
         if entry.kind == "shm" and entry.attached > 0:
             pid = _server_pid(entry)
-            if _alive(pid):
+            if pid_alive(pid):
                 return pid
     return None
 

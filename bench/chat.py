@@ -18,6 +18,11 @@ The benchmark builds it with ``cc -O2`` into a temporary folder (and skips it,
 saying so, without a compiler or with ``--no-floor``); it speaks shmchat's
 dialect, so the shmchat adapter drives it.
 
+``--with-trace`` adds a fourth side to every round, shmchat started with
+``--trace`` (issue 11: every process records its IPC steps in its own ring),
+run right after plain shmchat, and a second table gives traced / untraced
+for every metric: the cost of tracing, measured in the same rounds.
+
 Rounds are interleaved, shmchat, the floor, ngIRCd, again and again, and every
 ratio (shmchat / ngIRCd, shmchat / floor, floor / ngIRCd) is computed inside
 one round, so that the drift of a shared machine hits all alike.  The summary
@@ -88,6 +93,8 @@ except ImportError:  # pragma: no cover - told plainly
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 NGIRCD_INSTALL = "sudo apt-get install -y ngircd   (Debian/Ubuntu package 'ngircd')"
+#: shmchat's zygote (server.zygote.NAME), the one child of its parent that serves no client.
+ZYGOTE_NAME = "shmchat-zygote"
 
 #: Messages A may have sent that B has not yet received, in the throughput run.
 WINDOW = 256
@@ -268,6 +275,8 @@ class ChatServer:
 class Shmchat(ChatServer):
     name = "shmchat"
     private_marker = b"[msg from "
+    #: Added to the server's command line (``ShmchatTraced``: ``--trace``).
+    extra_args: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -276,7 +285,7 @@ class Shmchat(ChatServer):
     def start(self, max_clients: int) -> None:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
         command = [sys.executable, "-m", "server", "--port", "0", "--log-level", "WARNING"]
-        command += ["--max-clients", str(max_clients)]
+        command += ["--max-clients", str(max_clients), *self.extra_args]
         self.proc = subprocess.Popen(
             command, cwd=REPO, stdout=subprocess.PIPE, stderr=self._stderr, start_new_session=True
         )
@@ -319,6 +328,13 @@ class Shmchat(ChatServer):
 
     def broadcast(self, text: str) -> bytes:
         return f"/broadcast {text}\n".encode()
+
+
+class ShmchatTraced(Shmchat):
+    """shmchat with ``--trace``: the same server, every IPC step recorded (``--with-trace``)."""
+
+    name = "shmchat --trace"
+    extra_args = ("--trace",)
 
 
 class Floor(Shmchat):
@@ -655,7 +671,7 @@ def memory(server: ChatServer) -> Memory:
         info = proc.memory_full_info()
         uss += info.uss
         pss += info.pss
-        if proc.pid != parent_pid:
+        if proc.pid != parent_pid and proc.name() != ZYGOTE_NAME:  # the zygote counts in the tree only
             workers.append(info.uss)
     mib = 1024 * 1024
     return Memory(uss / mib, pss / mib, statistics.median(workers) / mib if workers else None)
@@ -728,18 +744,27 @@ class Results:
 RATIOS = (("shmchat", "ngIRCd"), ("shmchat", "floor"), ("floor", "ngIRCd"))
 
 
-def servers(with_floor: bool) -> list[ChatServer]:
-    """One round's servers, in the order they run: shmchat, the floor, ngIRCd."""
-    return [Shmchat(), *([Floor()] if with_floor else []), Ngircd()]
+def servers(with_floor: bool, with_trace: bool = False) -> list[ChatServer]:
+    """One round's servers, in the order they run: shmchat (then traced), the floor, ngIRCd."""
+    return [
+        Shmchat(),
+        *([ShmchatTraced()] if with_trace else []),
+        *([Floor()] if with_floor else []),
+        Ngircd(),
+    ]
 
 
 def run_rounds(
-    kind: str, count_: int, step: Callable[[ChatServer], dict[str, float]], with_floor: bool = True
+    kind: str,
+    count_: int,
+    step: Callable[[ChatServer], dict[str, float]],
+    with_floor: bool = True,
+    with_trace: bool = False,
 ) -> Results:
     results = Results()
     for number in range(1, count_ + 1):
         row: dict[str, dict[str, float]] = {}
-        for server in servers(with_floor):
+        for server in servers(with_floor, with_trace):
             started = time.monotonic()
             row[server.name] = step(server)
             shown = ", ".join(f"{k} {v:.4g}" for k, v in row[server.name].items())
@@ -882,6 +907,26 @@ def table(core: Results, scaling: Results) -> str:
                 f"| {m.met(vs_ngircd, s)} | {text(vs_floor)} | {m.floor_goal} | {m.floor_met(vs_floor, s)} "
                 f"| {text(floor_ngircd)} |"
             )
+    return "\n".join(lines)
+
+
+def trace_table(core: Results, scaling: Results) -> str:
+    """The cost of ``--trace``: traced / untraced for every metric, inside each round (median, range)."""
+    lines = [
+        "| metric | shmchat | shmchat --trace | traced/untraced (rounds' range) |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for results, metrics in ((core, CORE_METRICS), (scaling, scaling_metrics())):
+        for m in metrics:
+            plain, traced = results.values("shmchat", m.key), results.values(ShmchatTraced.name, m.key)
+            if not plain or not traced:
+                continue
+            shown = [fmt(statistics.median(f) * m.scale, m.digits) for f in (plain, traced)]
+            ratios = results.ratios(m.key, ShmchatTraced.name, "shmchat")
+            ratio = (
+                f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})" if ratios else "-"
+            )
+            lines.append(f"| {m.label} ({m.unit}) | {' | '.join(shown)} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -1107,6 +1152,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         help="where to write the scaling plot (default: docs/chat-scaling.png; none with --quick)",
     )
+    parser.add_argument(
+        "--with-trace",
+        action="store_true",
+        help="also run shmchat --trace in every round and report traced/untraced per metric",
+    )
     parser.add_argument("--json", type=Path, help="also write every round's figures to this file")
     parser.add_argument(
         "--profile",
@@ -1132,6 +1182,12 @@ def report(saved: dict, plot_path: Path | None) -> None:
         "median of the rounds.\n"
     )
     print(table(core, scaling))
+    if any(ShmchatTraced.name in r for r in (*core.rounds, *scaling.rounds)):
+        print(
+            "\nThe cost of tracing (issue 11): shmchat --trace against shmchat, "
+            "same rounds; a ratio inside each round, then the median of the rounds.\n"
+        )
+        print(trace_table(core, scaling))
     if plot_path is not None and scaling.rounds:
         plot(scaling, plot_path)
         print(f"\nplot: {plot_path}")
@@ -1164,8 +1220,9 @@ def main(argv: list[str] | None = None) -> int:
     log(f"machine: {machine()}")
     with_floor = not args.no_floor and Floor.build() is not None
     started = time.monotonic()
-    core = run_rounds("core", core_rounds, lambda s: core_round(s, plan), with_floor)
-    scaling = run_rounds("scaling", scaling_rounds, lambda s: scaling_round(s, plan), with_floor)
+    with_trace = args.with_trace
+    core = run_rounds("core", core_rounds, lambda s: core_round(s, plan), with_floor, with_trace)
+    scaling = run_rounds("scaling", scaling_rounds, lambda s: scaling_round(s, plan), with_floor, with_trace)
     saved = {
         "command": command,
         "machine": machine(),

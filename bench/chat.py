@@ -93,8 +93,6 @@ except ImportError:  # pragma: no cover - told plainly
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 NGIRCD_INSTALL = "sudo apt-get install -y ngircd   (Debian/Ubuntu package 'ngircd')"
-#: shmchat's zygote (server.zygote.NAME), the one child of its parent that serves no client.
-ZYGOTE_NAME = "shmchat-zygote"
 
 #: Messages A may have sent that B has not yet received, in the throughput run.
 WINDOW = 256
@@ -671,7 +669,7 @@ def memory(server: ChatServer) -> Memory:
         info = proc.memory_full_info()
         uss += info.uss
         pss += info.pss
-        if proc.pid != parent_pid and proc.name() != ZYGOTE_NAME:  # the zygote counts in the tree only
+        if proc.pid != parent_pid:
             workers.append(info.uss)
     mib = 1024 * 1024
     return Memory(uss / mib, pss / mib, statistics.median(workers) / mib if workers else None)

@@ -11,11 +11,21 @@ attached).  It prints the median of the per-round ratios new/old.
 It is the tool for keeping or dropping one change to the hot path: the
 chat benchmark's three-server rounds take minutes and compare with C, this
 compares two Pythons in about a minute.
+
+``--inproc`` measures instead, in one process per tree, the Python of the
+two workers on hot caches: two real ``Worker`` objects on real System V
+tables and socket pairs, no server, no epoll wait.  The sender's
+``process_input`` on a read of 256 ``/send`` lines, and on a read of one;
+the receiver's ``take_mail`` of what they posted (taken, rendered, queued).
+Microseconds per message, the best of several repeats, runs of the two trees
+interleaved: the figure that shows a change of a tenth of a microsecond,
+which the machine's noise hides in the socket rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import select
 import statistics
@@ -109,6 +119,68 @@ def one_round(server: ShmchatAt, rtt_samples: int, seconds: float) -> dict[str, 
     return figures
 
 
+#: Run with ``python -c`` in a tree's folder: times that tree's workers (``--inproc``).
+INPROC_DRIVER = r"""
+import json, socket, sys, tempfile, time
+sys.path.insert(0, "tests")
+from tablekit import online, small_tables
+from server.config import ServerConfig
+from server.doorbells import Doorbells
+from server.handlers import Caller
+from server.spool import Spool
+from server.worker import Worker
+
+ipc = small_tables(max_clients=4, mailbox_bytes=256 * 1024)
+bells = Doorbells(4)
+folder = tempfile.TemporaryDirectory()
+try:
+    a_row, b_row = online(ipc, 2)
+    workers, peers = [], []
+    for row in (a_row, b_row):
+        mine, theirs = socket.socketpair()
+        peers.append(theirs)
+        caller = Caller(row.slot, row.generation, row.client_id)
+        worker = Worker(caller, mine, ipc, bells, Spool(folder.name), ServerConfig())
+        for lock in ipc.locks.values():
+            lock.patience = None
+        workers.append(worker)
+    a, b = workers
+    results = {}
+    for batch in (256, 1):
+        lines = b"".join(b"/send %d t%09d\n" % (b_row.client_id, i) for i in range(batch))
+        send = take = float("inf")
+        for _ in range(REPEATS):
+            rounds = max(1, 2000 // batch)
+            spent_send = spent_take = 0
+            for _ in range(rounds):
+                started = time.perf_counter_ns()
+                a.framer.feed(lines)
+                a.process_input()
+                middle = time.perf_counter_ns()
+                bells.clear(b_row.slot)
+                b.take_mail()
+                ended = time.perf_counter_ns()
+                b.conn.out.clear()
+                spent_send += middle - started
+                spent_take += ended - middle
+            send = min(send, spent_send / rounds / batch / 1000)
+            take = min(take, spent_take / rounds / batch / 1000)
+        results[f"send_{batch}_us"] = send
+        results[f"take_{batch}_us"] = take
+    print(json.dumps(results))
+finally:
+    ipc.close()
+    bells.close()
+    folder.cleanup()
+"""
+
+
+def inproc(root: Path, repeats: int) -> dict[str, float]:
+    code = INPROC_DRIVER.replace("REPEATS", str(repeats))
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 def export(rev: str, into: Path) -> None:
     archive = subprocess.run(["git", "archive", rev], cwd=REPO, check=True, capture_output=True).stdout
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
@@ -121,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--rtt-samples", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=2.0, help="of throughput per round")
+    parser.add_argument("--inproc", action="store_true", help="the workers' Python in-process (see above)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="shmchat-ab-") as folder:
         export(args.rev, Path(folder))
@@ -130,7 +203,10 @@ def main(argv: list[str] | None = None) -> None:
             row = {}
             # Alternate which side goes first, so that a drifting load favours neither.
             for server in sides if number % 2 else sides[::-1]:
-                row[server.name] = one_round(server, args.rtt_samples, args.seconds)
+                if args.inproc:
+                    row[server.name] = inproc(server.root, 5)
+                else:
+                    row[server.name] = one_round(server, args.rtt_samples, args.seconds)
                 shown = ", ".join(f"{k} {v:.4g}" for k, v in row[server.name].items())
                 log(f"round {number}/{args.rounds} {server.name}: {shown}")
             rounds.append(row)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from protocol import commands, group_replies, replies
@@ -128,7 +127,7 @@ def route_send(caller: Caller, request: Send, ipc: ServerIpc) -> Delivery | str:
     record = tuple.__new__(
         Record, (RecordKind.PRIVATE, caller.slot, caller.client_id, 0, text, 0.0)
     )  # see _delivery
-    return _delivery(target, record, partial(_private_gone, target_id))
+    return _delivery(target, record, lambda why: _private_gone(target_id, why))
 
 
 def _private_gone(target_id: int, why: str) -> str:

@@ -42,7 +42,7 @@ import sysv_ipc
 
 from protocol import commands, replies
 from protocol.commands import Broadcast, CommandError, DataFrame, Send, SendFile, SendGroup, StreamError
-from protocol.framing import NEED_DATA, BadLine, Data, DataEnd, Line, LineFramer
+from protocol.framing import NEED_DATA, BadLine, Data, DataEnd, LineFramer
 from server import handlers, lessons, mail
 from server.config import ServerConfig
 from server.connection import Connection
@@ -218,7 +218,9 @@ class Worker:
                 self.process_input()
             if len(conn.out) > self.config.output_limit:
                 self.check_backlog()
-            if self.received or outbox.delivered != self._counted_sent:
+            if (self.received or outbox.delivered != self._counted_sent) and (
+                time.monotonic() - self._counted_at >= COUNT_INTERVAL
+            ):
                 self.count_traffic()
 
     def update_interest(self, events: int) -> None:
@@ -270,12 +272,13 @@ class Worker:
         pending = outbox.pending  # the same deque for the outbox's whole life
         while self.exit is None and not drained:
             while self.exit is None and not outbox.blocked:
-                event = self.framer.next_event()
-                # A line first, as nearly every event is one, and tested with ``type``
-                # and ``len(pending)``: isinstance() down the list of events and
-                # len(self.outbox), a Python method, were a tenth of this loop.
-                if type(event) is Line:
-                    self.handle_line(event.text)
+                event = self.framer.next_line()
+                # A line first, as nearly every event is one (next_line gives its
+                # text, a str), and tested with ``type`` and ``len(pending)``:
+                # isinstance() down the list of events and len(self.outbox), a
+                # Python method, were a tenth of this loop.
+                if type(event) is str:
+                    self.handle_line(event)
                     if len(pending) >= FLUSH_BATCH:
                         self.flush_outbox()
                     continue

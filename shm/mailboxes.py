@@ -248,6 +248,8 @@ class MessageTable:
         receiver's header and one or two copies.
         """
         now = time.time()
+        if len(postings) == 1:
+            return [self._post_alone(postings[0], now)]
         packed: dict[int, bytes] = {}  # id(record) -> header + payload
         for posting in postings:
             record = posting.record
@@ -286,6 +288,24 @@ class MessageTable:
         finally:
             self.lock.release()
         return results
+
+    def _post_alone(self, posting: Posting, now: float) -> PostResult:
+        """``post`` of a single record: what a round trip or a quiet chat posts.
+
+        The same steps without the batch's bookkeeping (the packed records by
+        id, the runs, the full set), which cost as much as the post itself
+        when there is one message per read.
+        """
+        record = posting.record
+        data = self._pack(record, now)
+        self.lock.reserve()
+        try:
+            result = self._post_one(posting.slot, posting.generation, record.sender_slot, data)
+            if self.tracer is not None:
+                self._trace_post(posting.slot, result, len(data))
+        finally:
+            self.lock.release()
+        return result
 
     def _trace_post(self, slot: int, result: PostResult, size: int) -> None:
         tail = _U64.unpack_from(self._view, self._bases[slot] + MAILBOX_TAIL_OFFSET)[0]

@@ -110,6 +110,15 @@ class MailboxStats:
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+#: The first fields of a mailbox header, in order: head, tail, delivered,
+#: generation, pending count.  ``take`` reads and writes them as one piece.
+_TAKE_FIELDS = struct.Struct("<QQQII")
+_TAKE_OFFSETS = (
+    layout.MAILBOX_DELIVERED_OFFSET,
+    layout.MAILBOX_GENERATION_OFFSET,
+    layout.MAILBOX_COUNT_OFFSET,
+)
+assert _TAKE_OFFSETS == (16, 24, 28), "_TAKE_FIELDS no longer matches the mailbox header"
 _NO_WAITERS = bytes(layout.MAILBOX_WAITERS_BYTES)
 _KINDS = {kind.value: kind for kind in RecordKind}
 
@@ -403,14 +412,15 @@ class MessageTable:
         base = self._bases[slot]
         self.lock.reserve()  # not ``with``: see post
         try:
-            if _U32.unpack_from(view, base + layout.MAILBOX_GENERATION_OFFSET)[0] != generation:
-                return [], []
-            head, tail = MAILBOX_HEAD_TAIL.unpack_from(view, base)
-            if head == tail:
+            # One read and one store of the header's first 32 bytes, rather than
+            # one per field (this runs for every wake-up with mail): the new head,
+            # tail unchanged, the pending count moved to the delivered count.
+            head, tail, delivered, gen, count = _TAKE_FIELDS.unpack_from(view, base)
+            if gen != generation or head == tail:
                 return [], []
             data = self._ring_read(slot, head, tail - head)
-            view[base : base + 8] = _U64.pack(tail)  # shm store of head, the commit: the bytes are free again
-            self._finish_take(base)
+            # The store of head is the commit: the bytes are free again.
+            view[base : base + _TAKE_FIELDS.size] = _TAKE_FIELDS.pack(tail, tail, delivered + count, gen, 0)
             waiters = self._take_waiters(base)
         finally:
             self.lock.release()

@@ -42,7 +42,7 @@ import sysv_ipc
 
 from protocol import commands, replies
 from protocol.commands import Broadcast, CommandError, DataFrame, Send, SendFile, SendGroup, StreamError
-from protocol.framing import NEED_DATA, BadLine, Data, DataEnd, LineFramer
+from protocol.framing import NEED_DATA, BadLine, Data, DataEnd, LineFramer, encode_line
 from server import handlers, lessons, mail
 from server.config import ServerConfig
 from server.connection import Connection
@@ -379,15 +379,18 @@ class Worker:
         for slot in waiters:
             self.doorbells.ring(slot)  # they were waiting for room in this mailbox
         self.received += len(records)
+        lines = []  # this take's lines, queued in one piece: one call, not one per message
         for record in records:
             kind = record.kind
             if kind is RecordKind.FILE:
-                self.downloads.add(record)
+                self.downloads.add(record)  # its header goes out later, after these lines
             elif kind is RecordKind.SHUTDOWN:
-                self.conn.say(replies.shutting_down())
+                lines.append(encode_line(replies.shutting_down()))
                 self.end(WorkerExit.SHUTDOWN)
             else:
-                self.conn.queue(mail.wire_line(record))
+                lines.append(mail.wire_line(record))
+        if lines:
+            self.conn.queue(b"".join(lines))
 
     # -- output ----------------------------------------------------------------------------
 

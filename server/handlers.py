@@ -123,10 +123,9 @@ def route_send(caller: Caller, request: Send, ipc: ServerIpc) -> Delivery | str:
         return replies.error(f"{target_id} is a group; use /sendgroup {target_id} <message>")
     if target is None:
         return replies.offline(target_id)
-    text = request.text.encode("utf-8")
-    record = tuple.__new__(
-        Record, (RecordKind.PRIVATE, caller.slot, caller.client_id, 0, text, 0.0)
-    )  # see _delivery
+    # Record(...) without the named tuple's constructor: see _delivery.
+    fields = (RecordKind.PRIVATE, caller.slot, caller.client_id, 0, request.text.encode("utf-8"), 0.0)
+    record = tuple.__new__(Record, fields)
     return _delivery(target, record, lambda why: _private_gone(target_id, why))
 
 

@@ -154,6 +154,16 @@ class LineFramer:
             self._frame_ended_direct = True
 
     def next_event(self) -> Event:
+        event = self.next_line()
+        return Line(event) if isinstance(event, str) else event
+
+    def next_line(self) -> str | Event:
+        """``next_event``, with a complete line given as its bare text rather than a ``Line``.
+
+        For the server's worker, which handles every line a client sends:
+        building the frozen ``Line`` only to read its text at once cost a
+        tenth of the line's time in the framer.  Every other event is the same.
+        """
         if self._raw_left is not None:
             return self._next_raw()
         while True:
@@ -181,7 +191,7 @@ class LineFramer:
             if len(raw) > self.max_line:
                 return BadLine(f"line too long ({len(raw)} bytes, limit {self.max_line}); discarded")
             try:
-                return Line(raw.decode("utf-8"))
+                return raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 return BadLine(f"line is not valid UTF-8 (byte {exc.start}); discarded")
 

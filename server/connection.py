@@ -56,7 +56,11 @@ class Connection:
             return None
 
     def say(self, line: str) -> None:
-        self.out += encode_line(line.replace("\n", " "))
+        self.queue(encode_line(line.replace("\n", " ")))
+
+    def queue(self, data: bytes) -> None:
+        """Queue bytes already on the wire's terms (whole lines), as ``say`` does a line."""
+        self.out += data
         if len(self.out) > EAGER_WRITE:
             self.write_some()
 

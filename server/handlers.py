@@ -70,6 +70,17 @@ def deliver(
     return Delivery(Posting(to.slot, to.generation, record), on_gone, to.client_id)
 
 
+def _delivery(to: ClientInfo, record: Record, on_gone: Callable[[str], str | None] | None = None) -> Delivery:
+    """``deliver`` for a client's chat message, built for the hot path.
+
+    The same tuples as ``deliver`` builds, made with ``tuple.__new__``: a named
+    tuple's own constructor is a Python function, and the route of every chat
+    message (``route_send`` and the others) builds two or three of them.
+    """
+    posting = tuple.__new__(Posting, (to.slot, to.generation, record))
+    return tuple.__new__(Delivery, (posting, on_gone, to.client_id))
+
+
 def notices(recipients: Iterable[ClientInfo], line: str) -> list[Delivery]:
     """The same finished server line for several clients."""
     return [deliver(c, RecordKind.NOTICE, None, line) for c in recipients]
@@ -97,39 +108,56 @@ def handle_active(caller: Caller, request: Active, ipc: ServerIpc) -> Outcome:
     return Outcome(replies=[replies.active(caller.client_id, ids)])
 
 
-def handle_send(caller: Caller, request: Send, ipc: ServerIpc) -> Outcome:
-    if request.target == caller.client_id:
-        return Outcome(replies=[replies.error(f"{request.target} is your own id; pick another client")])
-    target = ipc.directory.resolve(request.target)
-    if isinstance(target, GroupInfo):
-        return Outcome(
-            replies=[replies.error(f"{request.target} is a group; use /sendgroup {request.target} <message>")]
-        )
-    if target is None:
-        return Outcome(replies=[replies.offline(request.target)])
+def route_send(caller: Caller, request: Send, ipc: ServerIpc) -> Delivery | str:
+    """The rules of ``/send``: the private record's delivery, or the error line for the sender.
+
+    ``handle_send`` wraps this in an ``Outcome``; the worker calls it directly
+    for every chat message (``Worker.handle_line``), so the rules live here
+    once and the usual case skips the ``Outcome`` it would unpack at once.
+    """
     target_id = request.target
-    return Outcome(
-        deliveries=[
-            deliver(
-                target,
-                RecordKind.PRIVATE,
-                caller,
-                request.text,
-                on_gone=lambda why: (
-                    replies.discarded(target_id)
-                    if why == OFFLINE
-                    else replies.error(f"message to {target_id} discarded: {why}")
-                ),
-            )
-        ]
-    )
+    if target_id == caller.client_id:
+        return replies.error(f"{target_id} is your own id; pick another client")
+    target = ipc.directory.resolve(target_id)
+    if isinstance(target, GroupInfo):
+        return replies.error(f"{target_id} is a group; use /sendgroup {target_id} <message>")
+    if target is None:
+        return replies.offline(target_id)
+    # Record(...) without the named tuple's constructor: see _delivery.
+    fields = (RecordKind.PRIVATE, caller.slot, caller.client_id, 0, request.text.encode("utf-8"), 0.0)
+    record = tuple.__new__(Record, fields)
+    return _delivery(target, record, lambda why: _private_gone(target_id, why))
+
+
+def _private_gone(target_id: int, why: str) -> str:
+    """What a private message's sender is told when it could not arrive (``Delivery.on_gone``)."""
+    if why == OFFLINE:
+        return replies.discarded(target_id)
+    return replies.error(f"message to {target_id} discarded: {why}")
+
+
+def handle_send(caller: Caller, request: Send, ipc: ServerIpc) -> Outcome:
+    routed = route_send(caller, request, ipc)
+    if isinstance(routed, str):
+        return Outcome(replies=[routed])
+    return Outcome(deliveries=[routed])
+
+
+def route_broadcast(caller: Caller, request: Broadcast, ipc: ServerIpc) -> list[Delivery] | str:
+    """The rules of ``/broadcast``: one delivery per other online client, or the line for the sender."""
+    others = [c for c in ipc.directory.online() if c.client_id != caller.client_id]
+    if not others:
+        return replies.notice("nobody else is online; broadcast not sent")
+    # One record for all: MessageTable.post packs each distinct record once.
+    record = Record(RecordKind.BROADCAST, caller.slot, caller.client_id, 0, request.text.encode("utf-8"))
+    return [_delivery(c, record) for c in others]
 
 
 def handle_broadcast(caller: Caller, request: Broadcast, ipc: ServerIpc) -> Outcome:
-    others = [c for c in ipc.directory.online() if c.client_id != caller.client_id]
-    if not others:
-        return Outcome(replies=[replies.notice("nobody else is online; broadcast not sent")])
-    return Outcome(deliveries=[deliver(c, RecordKind.BROADCAST, caller, request.text) for c in others])
+    routed = route_broadcast(caller, request, ipc)
+    if isinstance(routed, str):
+        return Outcome(replies=[routed])
+    return Outcome(deliveries=routed)
 
 
 def handle_makegroup(caller: Caller, request: MakeGroup, ipc: ServerIpc) -> Outcome:
@@ -208,14 +236,26 @@ def handle_declinegroup(caller: Caller, request: DeclineGroup, ipc: ServerIpc) -
     )
 
 
-def handle_sendgroup(caller: Caller, request: SendGroup, ipc: ServerIpc) -> Outcome:
-    group = ipc.directory.group_for_sender(request.group_id, caller.client_id)
+def route_sendgroup(caller: Caller, request: SendGroup, ipc: ServerIpc) -> list[Delivery] | str:
+    """The rules of ``/sendgroup``: one delivery per other online member, or the line for the sender."""
+    try:
+        group = ipc.directory.group_for_sender(request.group_id, caller.client_id)
+    except GroupError as exc:
+        return replies.error(str(exc))
     peers = _members_except(group, ipc.directory.online_by_id(), caller.client_id)
     if not peers:
-        return Outcome(replies=[group_replies.only_member(group.group_id)])
-    return Outcome(
-        deliveries=[deliver(p, RecordKind.GROUP, caller, request.text, group.group_id) for p in peers]
+        return group_replies.only_member(group.group_id)
+    record = Record(
+        RecordKind.GROUP, caller.slot, caller.client_id, group.group_id, request.text.encode("utf-8")
     )
+    return [_delivery(p, record) for p in peers]
+
+
+def handle_sendgroup(caller: Caller, request: SendGroup, ipc: ServerIpc) -> Outcome:
+    routed = route_sendgroup(caller, request, ipc)
+    if isinstance(routed, str):
+        return Outcome(replies=[routed])
+    return Outcome(deliveries=routed)
 
 
 def handle_listgroups(caller: Caller, request: ListGroups, ipc: ServerIpc) -> Outcome:

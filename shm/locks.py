@@ -110,7 +110,31 @@ class TableLock(Protocol):
     def held(self) -> AbstractContextManager[None]: ...
 
 
-class BinaryLock:
+class HeldByBlock:
+    """``with lock.held():`` for any lock with ``reserve`` and ``release``.
+
+    Shared by the server's locks, the inspector's patient try-lock and the
+    trace's recording wrapper, which differ in how they take a lock, not in
+    how a block holds one.
+    """
+
+    def reserve(self) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Reserve, run the block, release (also when it raises)."""
+        self.reserve()
+        try:
+            yield
+        finally:
+            self.release()
+
+
+class BinaryLock(HeldByBlock):
     """A mutex backed by one System V semaphore."""
 
     def __init__(self, semaphore: sysv_ipc.Semaphore) -> None:
@@ -175,15 +199,6 @@ class BinaryLock:
     def attach(cls, key: int) -> BinaryLock:
         """Open an existing semaphore by key (for the inspector and tests)."""
         return cls(sysv_ipc.Semaphore(key))
-
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        """``with lock.held():`` reserve, run the block, release."""
-        self.reserve()
-        try:
-            yield
-        finally:
-            self.release()
 
     def try_reserve(self) -> bool:
         """Take the lock if it is free right now; never waits."""

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import sysv_ipc
@@ -35,7 +33,7 @@ import sysv_ipc
 from shm import layout
 from shm.directory import ClientInfo, Directory, GroupInfo
 from shm.layout import IpcObject
-from shm.locks import BinaryLock
+from shm.locks import BinaryLock, HeldByBlock
 from shm.mailboxes import MailboxStats, MessageTable
 from shm.segments import IpcEntry, list_objects
 
@@ -53,7 +51,7 @@ class LockBusy(Exception):
     """A table lock stayed held for longer than LOCK_PATIENCE."""
 
 
-class PatientLock:
+class PatientLock(HeldByBlock):
     """A table lock that is only ever tried, for ``patience`` seconds at most.
 
     The reads the inspector makes (``Directory.snapshot``,
@@ -76,14 +74,6 @@ class PatientLock:
 
     def release(self) -> None:
         self.lock.release()
-
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        self.reserve()
-        try:
-            yield
-        finally:
-            self.release()
 
 
 @dataclass

@@ -45,8 +45,7 @@ import os
 import struct
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TypeVar
 
 import sysv_ipc
@@ -63,7 +62,7 @@ from shm.layout import (
     TraceEvent,
     WakeSource,
 )
-from shm.locks import BinaryLock
+from shm.locks import BinaryLock, HeldByBlock
 from shm.trace_reader import POST_RESULTS, TraceReader
 
 Owner = TypeVar("Owner")
@@ -278,7 +277,7 @@ class TraceWriter:
         self._write(TraceEvent.SEND, nbytes=nbytes)
 
 
-class TracedLock:
+class TracedLock(HeldByBlock):
     """A ``BinaryLock`` that records ``lock`` (with µs waited) and ``unlock``.
 
     Same interface as ``shm.locks.BinaryLock`` (so it is a ``TableLock``);
@@ -310,14 +309,6 @@ class TracedLock:
         if writer is not None:
             writer.unlock(self._which)
         self._lock.release()
-
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        self.reserve()
-        try:
-            yield
-        finally:
-            self.release()
 
     def try_reserve(self) -> bool:
         taken = self._lock.try_reserve()

@@ -14,7 +14,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, STARTED_PORTS, TIMEOUT, python_env
+from conftest import ROOT, TIMEOUT, python_env
+from demokit import Demo
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 
@@ -334,55 +334,12 @@ def test_history_is_kept_between_sessions(server, terminal: Terminal, tmp_path: 
     terminal.wait_for(rf"^{me}> /activeallgroups$")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @needs_tmux
 @pytest.mark.tmux
 def test_demo_starts_ready_to_type_and_stops_clean(tmp_path: Path) -> None:
-    port = _free_port()
-    STARTED_PORTS.add(port)  # the leak check watches this port's IPC objects too
-    socket_name = f"shmchat-test-{uuid.uuid4().hex[:12]}"
-    env = python_env()
-    env.pop("TMUX", None)
-    env.update(
-        SHMCHAT_DEMO_TMUX_SOCKET=socket_name,
-        SHMCHAT_DEMO_SESSION="demo",
-        SHMCHAT_PYTHON=sys.executable,
-        XDG_DATA_HOME=str(tmp_path / "data"),
-        XDG_RUNTIME_DIR=str(tmp_path),
-    )
-
-    def demo(command: str) -> subprocess.CompletedProcess:
-        script = str(ROOT / "scripts" / "demo.sh")
-        return subprocess.run(
-            ["bash", script, command, "--port", str(port)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    def tmux(*args: str) -> str:
-        return subprocess.run(
-            ["tmux", "-L", socket_name, *args], env=env, capture_output=True, text=True, timeout=TIMEOUT
-        ).stdout
-
-    def pane(title: str) -> str:
-        listing = tmux("list-panes", "-t", "demo", "-F", "#{pane_id} #{pane_title}")
-        return next(line.split()[0] for line in listing.splitlines() if title in line)
-
-    def wait_screen(pane_id: str, pattern: str) -> re.Match:
-        deadline = time.monotonic() + 20
-        while not (match := re.search(pattern, tmux("capture-pane", "-p", "-J", "-t", pane_id), re.M)):
-            assert time.monotonic() < deadline, f"{pattern!r} not in pane {pane_id}"
-            time.sleep(0.1)
-        return match
-
-    started = demo("start")  # stdin is not a terminal: it starts detached
+    demo = Demo(tmp_path)
+    port, pane, tmux, wait_screen = demo.port, demo.pane, demo.tmux, demo.wait_screen
+    started = demo.run("start")  # stdin is not a terminal: it starts detached
     pane_pids: list[int] = []
     try:
         assert started.returncode == 0, started.stderr
@@ -393,21 +350,21 @@ def test_demo_starts_ready_to_type_and_stops_clean(tmp_path: Path) -> None:
         for client_id in ids.values():
             wait_screen(inspector, rf"online\s+{client_id}\b")
         wait_screen(pane("server"), rf"client {ids['C']} connected")
-        pane_pids = [int(pid) for pid in tmux("list-panes", "-s", "-t", "demo", "-F", "#{pane_pid}").split()]
+        pane_pids = demo.pane_pids()
         assert len(pane_pids) == 6  # with the trace pane
         # Ready to type into: A broadcasts, B and C see it.
         tmux("send-keys", "-t", pane("client A"), "/broadcast hello class", "Enter")
         for name in "BC":
             wait_screen(pane(f"client {name}"), rf"\[broadcast\] {ids['A']}: hello class")
     finally:
-        stopped = demo("stop")
+        stopped = demo.run("stop")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert "no demo process left, no IPC object of port" in stopped.stdout
     assert list_objects(port) == []
     for pid in pane_pids:
         assert not os.path.exists(f"/proc/{pid}"), f"pane process {pid} is still running"
     assert not (tmp_path / f"shmchat-demo-{os.geteuid()}-{port}").exists()
-    socket_file = Path(os.environ.get("TMUX_TMPDIR") or "/tmp") / f"tmux-{os.geteuid()}" / socket_name
+    socket_file = Path(os.environ.get("TMUX_TMPDIR") or "/tmp") / f"tmux-{os.geteuid()}" / demo.socket_name
     assert not socket_file.exists()  # stop removes its own tmux server's socket
 
 

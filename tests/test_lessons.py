@@ -12,17 +12,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from conftest import ROOT, STARTED_PORTS, TIMEOUT, ServerProcess, python_env
+from conftest import ROOT, TIMEOUT, ServerProcess, python_env
+from demokit import Demo, free_port
 
 from shm.segments import list_objects
 
@@ -70,7 +69,7 @@ def test_the_list_names_every_lesson() -> None:
 
 
 def test_without_a_server_the_lesson_says_how_to_start_the_demo() -> None:
-    port = _free_port()
+    port = free_port()
     done = lesson("undo", "--port", str(port))
     assert done.returncode == 1
     assert f"no shmchat server on port {port}" in done.stderr
@@ -153,55 +152,12 @@ def test_cleanup_stops_the_server_and_ipcs_shows_nothing_left(lesson_server: Ser
 # -- the demo, in tmux -------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @needs_tmux
 @pytest.mark.tmux
 def test_the_demo_traces_a_typed_message_runs_a_lesson_and_stops_clean(tmp_path: Path) -> None:
-    port = _free_port()
-    STARTED_PORTS.add(port)  # the leak check watches this port's IPC objects too
-    socket_name = f"shmchat-test-{uuid.uuid4().hex[:12]}"
-    env = python_env()
-    env.pop("TMUX", None)
-    env.update(
-        SHMCHAT_DEMO_TMUX_SOCKET=socket_name,
-        SHMCHAT_DEMO_SESSION="demo",
-        SHMCHAT_PYTHON=sys.executable,
-        XDG_DATA_HOME=str(tmp_path / "data"),
-        XDG_RUNTIME_DIR=str(tmp_path),
-    )
-
-    def demo(command: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["bash", str(ROOT / "scripts" / "demo.sh"), command, "--port", str(port)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    def tmux(*args: str) -> str:
-        return subprocess.run(
-            ["tmux", "-L", socket_name, *args], env=env, capture_output=True, text=True, timeout=TIMEOUT
-        ).stdout
-
-    def pane(title: str) -> str:
-        listing = tmux("list-panes", "-t", "demo", "-F", "#{pane_id} #{pane_title}")
-        return next(line.split()[0] for line in listing.splitlines() if title in line)
-
-    def screen(pane_id: str) -> str:  # with what scrolled off the top
-        return tmux("capture-pane", "-p", "-J", "-S", "-1000", "-t", pane_id)
-
-    def wait_screen(pane_id: str, pattern: str) -> re.Match:
-        return wait_for(
-            f"{pattern!r} in pane {pane_id}", lambda: re.search(pattern, screen(pane_id), re.M), 20
-        )
-
-    started = demo("start")
+    demo = Demo(tmp_path)
+    port, pane, tmux, wait_screen = demo.port, demo.pane, demo.tmux, demo.wait_screen
+    started = demo.run("start")
     pane_pids: list[int] = []
     try:
         assert started.returncode == 0, started.stderr
@@ -211,7 +167,7 @@ def test_the_demo_traces_a_typed_message_runs_a_lesson_and_stops_clean(tmp_path:
         assert f"--port {port} --trace --lesson-hooks" in titles
         ids = {n: int(wait_screen(pane(f"client {n}"), r"unique id is (\d{5})").group(1)) for n in "ABC"}
         wait_screen(pane("inspector"), r"3/8 online")
-        pane_pids = [int(pid) for pid in tmux("list-panes", "-s", "-t", "demo", "-F", "#{pane_pid}").split()]
+        pane_pids = demo.pane_pids()
         assert len(pane_pids) == 6
         # One message typed in A crosses the trace pane: A rings B, B wakes and sends.
         tmux("send-keys", "-t", pane("client A"), f"/send {ids['B']} watch me travel", "Enter")
@@ -227,11 +183,11 @@ def test_the_demo_traces_a_typed_message_runs_a_lesson_and_stops_clean(tmp_path:
         for name in "ABC":  # the demo's own clients kept chatting, and saw H leave
             wait_screen(pane(f"client {name}"), r"disconnected \(its worker process died: SIGKILL\)")
     finally:
-        stopped = demo("stop")
+        stopped = demo.run("stop")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert "no demo process left, no IPC object of port" in stopped.stdout
     assert list_objects(port) == []
     for pid in pane_pids:
         assert not os.path.exists(f"/proc/{pid}"), f"pane process {pid} is still running"
-    socket_file = Path(os.environ.get("TMUX_TMPDIR") or "/tmp") / f"tmux-{os.geteuid()}" / socket_name
+    socket_file = Path(os.environ.get("TMUX_TMPDIR") or "/tmp") / f"tmux-{os.geteuid()}" / demo.socket_name
     assert not socket_file.exists()

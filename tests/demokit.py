@@ -1,0 +1,77 @@
+"""The classroom demo (scripts/demo.sh) on a private tmux server, for the tests that drive it.
+
+One place for what the demo tests share: a free port the leak check watches,
+a tmux server of its own (``tmux -L``) so that the tests never touch a
+person's sessions, the demo script's start and stop, and reading the panes.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from conftest import ROOT, STARTED_PORTS, TIMEOUT, python_env
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Demo:
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = free_port()
+        STARTED_PORTS.add(self.port)  # the leak check watches this port's IPC objects too
+        self.socket_name = f"shmchat-test-{uuid.uuid4().hex[:12]}"
+        self.env = python_env()
+        self.env.pop("TMUX", None)
+        self.env.update(
+            SHMCHAT_DEMO_TMUX_SOCKET=self.socket_name,
+            SHMCHAT_DEMO_SESSION="demo",
+            SHMCHAT_PYTHON=sys.executable,
+            XDG_DATA_HOME=str(tmp_path / "data"),
+            XDG_RUNTIME_DIR=str(tmp_path),
+        )
+
+    def run(self, command: str) -> subprocess.CompletedProcess:
+        """``scripts/demo.sh start|stop`` (stdin is not a terminal: start stays detached)."""
+        return subprocess.run(
+            ["bash", str(ROOT / "scripts" / "demo.sh"), command, "--port", str(self.port)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def tmux(self, *args: str) -> str:
+        return subprocess.run(
+            ["tmux", "-L", self.socket_name, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        ).stdout
+
+    def pane(self, title: str) -> str:
+        listing = self.tmux("list-panes", "-t", "demo", "-F", "#{pane_id} #{pane_title}")
+        return next(line.split()[0] for line in listing.splitlines() if title in line)
+
+    def screen(self, pane_id: str) -> str:
+        """What the pane shows, with what scrolled off the top."""
+        return self.tmux("capture-pane", "-p", "-J", "-S", "-1000", "-t", pane_id)
+
+    def wait_screen(self, pane_id: str, pattern: str, timeout: float = 20) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while not (match := re.search(pattern, self.screen(pane_id), re.M)):
+            assert time.monotonic() < deadline, f"{pattern!r} not in pane {pane_id}"
+            time.sleep(0.1)
+        return match
+
+    def pane_pids(self) -> list[int]:
+        return [int(pid) for pid in self.tmux("list-panes", "-s", "-t", "demo", "-F", "#{pane_pid}").split()]

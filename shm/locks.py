@@ -176,8 +176,15 @@ class BinaryLock(HeldByBlock):
                     raise
                 # "Signaled while waiting": EINTR.  Nothing was taken; wait again.
 
+    def reserve_within(self, seconds: float) -> bool:
+        """Take the lock if it comes free within ``seconds`` (semtimedop); False if not.
+
+        The wait sleeps in the kernel: no polling, however long it is.
+        """
+        return _timed_p(self._sem.id, seconds)
+
     def _reserve_patiently(self, patience: float) -> None:
-        while not _timed_p(self._sem.id, patience):
+        while not self.reserve_within(patience):
             holder = self._sem.last_pid  # semctl GETPID: for a held lock, its holder
             if self.on_stuck is not None and self._sem.value == 0:
                 self.on_stuck(holder)  # kills the holder: SEM_UNDO hands the lock back

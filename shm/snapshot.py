@@ -65,12 +65,13 @@ class PatientLock(HeldByBlock):
         self.patience = patience
 
     def reserve(self) -> None:
-        """Take the lock, or raise LockBusy once it stayed busy for ``patience`` s."""
-        deadline = time.monotonic() + self.patience
-        while not self.lock.try_reserve():
-            if time.monotonic() > deadline:
-                raise LockBusy(f"held for over {self.patience:g} s by another process")
-            time.sleep(0.002)
+        """Take the lock, or raise LockBusy once it stayed busy for ``patience`` s.
+
+        A timed wait in the kernel (semtimedop), not a loop of tries: the
+        inspector sleeps while it waits, like any other waiter.
+        """
+        if not self.lock.reserve_within(self.patience):
+            raise LockBusy(f"held for over {self.patience:g} s by another process")
 
     def release(self) -> None:
         self.lock.release()

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import select
 import statistics
 import subprocess
 import sys
@@ -40,7 +38,6 @@ from pathlib import Path
 from bench.chat import (
     CORE_MAX_CLIENTS,
     REPO,
-    TIMEOUT,
     Shmchat,
     broadcasts,
     connect_up_to,
@@ -62,20 +59,8 @@ class ShmchatAt(Shmchat):
         self.name = name
 
     def start(self, max_clients: int) -> None:
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
         command = [sys.executable, "-m", "server", "--port", "0", "--log-level", "WARNING"]
-        command += ["--max-clients", str(max_clients)]
-        self.proc = subprocess.Popen(
-            command, cwd=self.root, stdout=subprocess.PIPE, stderr=self._stderr, start_new_session=True
-        )
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], TIMEOUT)
-        first = self.proc.stdout.readline().decode() if ready else ""
-        found = re.search(r"listening on [\d.]+:(\d+)", first)
-        if not found:
-            self.stop()
-            raise RuntimeError(f"{self.name} did not start: {first!r} {self.stderr_text()}")
-        self.port = int(found.group(1))
+        self.launch([*command, "--max-clients", str(max_clients)], self.root)
 
 
 def on_cpu_ns(pid: int) -> int:

@@ -281,11 +281,14 @@ class Shmchat(ChatServer):
         self._stderr = None
 
     def start(self, max_clients: int) -> None:
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
         command = [sys.executable, "-m", "server", "--port", "0", "--log-level", "WARNING"]
-        command += ["--max-clients", str(max_clients), *self.extra_args]
+        self.launch([*command, "--max-clients", str(max_clients), *self.extra_args], REPO)
+
+    def launch(self, command: list[str], cwd: Path) -> None:
+        """Start a server that prints ``listening on HOST:PORT`` first (shmchat, the floor)."""
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
         self.proc = subprocess.Popen(
-            command, cwd=REPO, stdout=subprocess.PIPE, stderr=self._stderr, start_new_session=True
+            command, cwd=cwd, stdout=subprocess.PIPE, stderr=self._stderr, start_new_session=True
         )
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], TIMEOUT)
@@ -293,7 +296,7 @@ class Shmchat(ChatServer):
         found = re.search(r"listening on [\d.]+:(\d+)", first)
         if not found:
             self.stop()
-            raise RuntimeError(f"shmchat did not start: {first!r} {self.stderr_text()}")
+            raise RuntimeError(f"{self.name} did not start: {first!r} {self.stderr_text()}")
         self.port = int(found.group(1))
 
     def stderr_text(self) -> str:
@@ -372,21 +375,7 @@ class Floor(Shmchat):
         binary = self.build()
         if binary is None:
             raise RuntimeError("the floor could not be built")
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [binary, "0", str(max_clients)],
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            start_new_session=True,
-        )
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], TIMEOUT)
-        first = self.proc.stdout.readline().decode() if ready else ""
-        found = re.search(r"listening on [\d.]+:(\d+)", first)
-        if not found:
-            self.stop()
-            raise RuntimeError(f"the floor did not start: {first!r} {self.stderr_text()}")
-        self.port = int(found.group(1))
+        self.launch([binary, "0", str(max_clients)], REPO)
 
 
 class Ngircd(ChatServer):

@@ -108,6 +108,13 @@ def handle_active(caller: Caller, request: Active, ipc: ServerIpc) -> Outcome:
     return Outcome(replies=[replies.active(caller.client_id, ids)])
 
 
+def _outcome(routed: Delivery | list[Delivery] | str) -> Outcome:
+    """A chat message's route (``route_*``) as an Outcome: the sender's line, or the deliveries."""
+    if isinstance(routed, str):
+        return Outcome(replies=[routed])
+    return Outcome(deliveries=[routed] if isinstance(routed, Delivery) else routed)
+
+
 def route_send(caller: Caller, request: Send, ipc: ServerIpc) -> Delivery | str:
     """The rules of ``/send``: the private record's delivery, or the error line for the sender.
 
@@ -137,10 +144,7 @@ def _private_gone(target_id: int, why: str) -> str:
 
 
 def handle_send(caller: Caller, request: Send, ipc: ServerIpc) -> Outcome:
-    routed = route_send(caller, request, ipc)
-    if isinstance(routed, str):
-        return Outcome(replies=[routed])
-    return Outcome(deliveries=[routed])
+    return _outcome(route_send(caller, request, ipc))
 
 
 def route_broadcast(caller: Caller, request: Broadcast, ipc: ServerIpc) -> list[Delivery] | str:
@@ -154,10 +158,7 @@ def route_broadcast(caller: Caller, request: Broadcast, ipc: ServerIpc) -> list[
 
 
 def handle_broadcast(caller: Caller, request: Broadcast, ipc: ServerIpc) -> Outcome:
-    routed = route_broadcast(caller, request, ipc)
-    if isinstance(routed, str):
-        return Outcome(replies=[routed])
-    return Outcome(deliveries=routed)
+    return _outcome(route_broadcast(caller, request, ipc))
 
 
 def handle_makegroup(caller: Caller, request: MakeGroup, ipc: ServerIpc) -> Outcome:
@@ -252,10 +253,7 @@ def route_sendgroup(caller: Caller, request: SendGroup, ipc: ServerIpc) -> list[
 
 
 def handle_sendgroup(caller: Caller, request: SendGroup, ipc: ServerIpc) -> Outcome:
-    routed = route_sendgroup(caller, request, ipc)
-    if isinstance(routed, str):
-        return Outcome(replies=[routed])
-    return Outcome(deliveries=routed)
+    return _outcome(route_sendgroup(caller, request, ipc))
 
 
 def handle_listgroups(caller: Caller, request: ListGroups, ipc: ServerIpc) -> Outcome:

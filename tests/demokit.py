@@ -7,6 +7,7 @@ person's sessions, the demo script's start and stop, and reading the panes.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -16,6 +17,8 @@ import uuid
 from pathlib import Path
 
 from conftest import ROOT, STARTED_PORTS, TIMEOUT, python_env
+
+from shm.segments import list_objects
 
 
 def free_port() -> int:
@@ -75,3 +78,13 @@ class Demo:
 
     def pane_pids(self) -> list[int]:
         return [int(pid) for pid in self.tmux("list-panes", "-s", "-t", "demo", "-F", "#{pane_pid}").split()]
+
+    def assert_stopped_clean(self, stopped: subprocess.CompletedProcess, pane_pids: list[int]) -> None:
+        """``demo.sh stop`` left no process, no IPC object and no tmux server behind."""
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert "no demo process left, no IPC object of port" in stopped.stdout
+        assert list_objects(self.port) == []
+        for pid in pane_pids:
+            assert not os.path.exists(f"/proc/{pid}"), f"pane process {pid} is still running"
+        tmux_dir = Path(os.environ.get("TMUX_TMPDIR") or "/tmp") / f"tmux-{os.geteuid()}"
+        assert not (tmux_dir / self.socket_name).exists()  # stop removes its own tmux server's socket

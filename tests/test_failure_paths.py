@@ -73,6 +73,20 @@ def fill_mailbox(server: ServerProcess, flooder, topper, receiver_id: int) -> No
         wait_until(lambda: mailbox_state(server.port, receiver_id)[1] == 0, what="the last byte to be used")
 
 
+@contextmanager
+def a_full_mailbox(server: ServerProcess, connect):
+    """Clients a and b, b's worker stopped and its mailbox full to the last byte.
+
+    Yields (a, b, b's worker pid); b's worker runs again when the block ends.
+    Two more clients do the filling (see ``fill_mailbox``).
+    """
+    a, b, flooder, topper = connect(), connect(), connect(), connect()
+    b_worker = worker_pid(server.port, b.id)
+    with stopped(b_worker):
+        fill_mailbox(server, flooder, topper, b.id)
+        yield a, b, b_worker
+
+
 def run_to_end(*args: str) -> subprocess.CompletedProcess:
     """A server that is expected to refuse to start: run it and collect what it said."""
     command = [sys.executable, "-m", "server", "--log-level", "WARNING", *args]
@@ -90,9 +104,7 @@ def env(monkeypatch):
 
 @pytest.mark.parametrize("leave", ["EXIT", "/quit"])
 def test_a_message_sent_just_before_leaving_waits_for_room_and_arrives(leave, server, connect):
-    a, b, c, d = connect(), connect(), connect(), connect()
-    with stopped(worker_pid(server.port, b.id)):
-        fill_mailbox(server, c, d, b.id)
+    with a_full_mailbox(server, connect) as (a, b, _):
         refused = full_events(server.port, b.id)
         a.send_bytes(f"/send {b.id} last words\n{leave}\n".encode())  # one read, as a pipe gives
         wait_until(lambda: full_events(server.port, b.id) > refused, what="a's post to find no room")
@@ -103,9 +115,7 @@ def test_a_message_sent_just_before_leaving_waits_for_room_and_arrives(leave, se
 
 
 def test_a_message_that_cannot_get_room_before_leaving_is_reported_before_the_goodbye(server, connect):
-    a, b, c, d = connect(), connect(), connect(), connect()
-    with stopped(worker_pid(server.port, b.id)):
-        fill_mailbox(server, c, d, b.id)
+    with a_full_mailbox(server, connect) as (a, b, _):
         a.send_bytes(f"/send {b.id} never room\nEXIT\n".encode())
         a.expect(rf"^\[error\] message to {b.id} discarded: its mailbox stayed full while you were leaving$")
         a.expect(r"^\[bye\] goodbye")
@@ -115,9 +125,7 @@ def test_a_message_that_cannot_get_room_before_leaving_is_reported_before_the_go
 
 
 def test_a_file_notice_pending_at_leaving_is_reported_and_its_link_removed(server, connect):
-    a, b, c, d = connect(), connect(), connect(), connect()
-    with stopped(worker_pid(server.port, b.id)):
-        fill_mailbox(server, c, d, b.id)
+    with a_full_mailbox(server, connect) as (a, b, _):
         body = b"pending notice" * 100
         transfer = announce(a, b.id, len(body), sha(body), "late.txt")
         a.send_bytes(f"/data {transfer} {len(body)}\n".encode() + body + b"EXIT\n")
@@ -202,9 +210,7 @@ def test_a_refused_fork_turns_away_only_the_newcomer(env, start_server, connect)
 
 
 def test_at_sigterm_a_lagging_worker_still_gets_its_goodbye(server, connect):
-    _, b, c, d = connect(), connect(), connect(), connect()
-    with stopped(worker_pid(server.port, b.id)):
-        fill_mailbox(server, c, d, b.id)
+    with a_full_mailbox(server, connect) as (_, b, _):
         server.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: "a goodbye waits for room" in server.log(), what="the goodbye to wait")
     b.expect(r"^\[bye\] the server is shutting down")
@@ -258,10 +264,7 @@ def test_a_spool_path_that_is_not_utf8_still_carries_files(connect, tmp_path):
 
 
 def test_a_receiver_that_dies_while_its_file_notice_waits_gets_one_verdict(server, connect):
-    a, b, c, d = connect(), connect(), connect(), connect()
-    b_worker = worker_pid(server.port, b.id)
-    with stopped(b_worker):
-        fill_mailbox(server, c, d, b.id)
+    with a_full_mailbox(server, connect) as (a, b, b_worker):
         transfer = send_file(a, b.id, b"one verdict" * 500, "once.txt")
         a.expect(rf"^\[ok\] file {transfer} 'once.txt' uploaded")
         os.kill(b_worker, signal.SIGKILL)

@@ -9,7 +9,6 @@ trace pane, runs a lesson against the demo's own server and stops it all.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -184,10 +183,4 @@ def test_the_demo_traces_a_typed_message_runs_a_lesson_and_stops_clean(tmp_path:
             wait_screen(pane(f"client {name}"), r"disconnected \(its worker process died: SIGKILL\)")
     finally:
         stopped = demo.run("stop")
-    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-    assert "no demo process left, no IPC object of port" in stopped.stdout
-    assert list_objects(port) == []
-    for pid in pane_pids:
-        assert not os.path.exists(f"/proc/{pid}"), f"pane process {pid} is still running"
-    socket_file = Path(os.environ.get("TMUX_TMPDIR") or "/tmp") / f"tmux-{os.geteuid()}" / demo.socket_name
-    assert not socket_file.exists()
+    demo.assert_stopped_clean(stopped, pane_pids)

@@ -111,7 +111,10 @@ sys.path.insert(0, "tests")
 from tablekit import online, small_tables
 from server.config import ServerConfig
 from server.doorbells import Doorbells
-from server.handlers import Caller
+try:
+    from server.caller import Caller
+except ImportError:  # a tree from before Caller had a module of its own
+    from server.handlers import Caller
 from server.spool import Spool
 from server.worker import Worker
 

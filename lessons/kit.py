@@ -26,9 +26,11 @@ import sysv_ipc
 from protocol import replies
 from shm import discovery, layout
 from shm.layout import IpcObject, TraceEvent
-from shm.segments import list_objects, live_server_pid, pid_alive
+from shm.segments import list_objects, live_server_pid
 from shm.snapshot import NotRunning, take_snapshot
 from shm.trace_reader import TraceRecord, TraceUnavailable, open_trace, with_undo
+from syscalls import processes
+from syscalls.processes import pid_alive
 
 T = TypeVar("T")
 
@@ -348,11 +350,7 @@ def describe_event(event: TraceRecord) -> str:
 
 def process_state(pid: int) -> str:
     """The state letter of a process, as ps shows it (R, S, T...); '-' when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "-"
+    return processes.process_state(pid) or "-"
 
 
 alive = pid_alive  # the lessons read better with the short name

@@ -4,7 +4,7 @@ Output is written at once when the socket takes it, and queued in ``out``
 when it does not (EPOLLOUT then brings the worker's loop back).  A write
 that fails, or a read that does, ends the session through ``on_lost``; the
 worker decides what that means for the client.  The socket calls go through
-the fault-injection wrappers of ``shm.faults`` (the bound methods themselves
+the fault-injection wrappers of ``syscalls.faults`` (the bound methods themselves
 unless a test set SHMCHAT_FAULTS).
 """
 
@@ -16,8 +16,8 @@ import socket
 from collections.abc import Callable
 
 from protocol.framing import encode_line, queue_unsent
-from shm import faults
 from shm.trace import TraceWriter
+from syscalls import faults
 
 log = logging.getLogger(__name__)
 

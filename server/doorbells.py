@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 
-from shm import faults
 from shm.trace import TraceTable
+from syscalls import faults
 
 _eventfd = faults.wrap("eventfd", os.eventfd)
 

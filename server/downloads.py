@@ -16,7 +16,7 @@ from typing import Protocol
 
 from protocol import replies
 from protocol.framing import encode_line
-from server.handlers import Caller
+from server.caller import Caller
 from server.outbox import Delivery
 from server.spool import CHUNK_BYTES, Download, decode_file_notice, encode_file_result
 from shm.directory import Directory

@@ -29,6 +29,7 @@ from protocol.commands import (
     Send,
     SendGroup,
 )
+from server.caller import Caller
 from server.outbox import OFFLINE, Delivery
 from shm.directory import ClientInfo, GroupChange, GroupError, GroupInfo
 from shm.layout import RecordKind
@@ -36,15 +37,6 @@ from shm.mailboxes import Posting, Record
 from shm.segments import ServerIpc
 
 SERVER_SLOT = -1  # sender slot of records posted by the parent
-
-
-@dataclass(frozen=True)
-class Caller:
-    """The client a worker serves."""
-
-    slot: int
-    generation: int
-    client_id: int
 
 
 @dataclass

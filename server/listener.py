@@ -28,7 +28,7 @@ from collections.abc import Iterator
 
 from protocol import replies
 from protocol.framing import encode_line
-from shm import faults
+from syscalls import faults
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class Listener:
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self.sock = sock
-        self._accept = faults.wrap("accept", sock.accept)  # shm.faults: the bound method unless a test asks
+        self._accept = faults.wrap("accept", sock.accept)  # the bound method itself unless a test asks
         self._reserve_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._selector: selectors.BaseSelector | None = None
         self._paused_until = 0.0

@@ -39,18 +39,18 @@ import sysv_ipc
 
 from protocol import replies
 from server import handlers
+from server.caller import Caller
 from server.config import ServerConfig
 from server.doorbells import Doorbells
-from server.handlers import Caller
 from server.listener import Listener, Throttled, refuse
 from server.outbox import Delivery, Outbox
 from server.spool import Spool, SpoolInUse, decode_file_notice, encode_file_result
 from server.worker import describe_exit, run_worker
-from shm import faults
 from shm.layout import RecordKind
 from shm.mailboxes import Posting, Record
 from shm.segments import IpcInUse, ServerIpc
 from shm.trace import TraceWriter
+from syscalls import faults
 
 log = logging.getLogger(__name__)
 

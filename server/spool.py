@@ -38,12 +38,12 @@ import re
 import stat
 from dataclasses import dataclass
 
-from shm import faults
+from syscalls import faults
 
 log = logging.getLogger(__name__)
 
 # The spool's failure-prone calls, wrapped once for the fault-injection tests
-# (shm.faults): without SHMCHAT_FAULTS these are the os functions themselves.
+# (syscalls.faults): without SHMCHAT_FAULTS these are the os functions themselves.
 _open = faults.wrap("open", os.open)
 _write = faults.wrap("write", os.write)
 _link = faults.wrap("link", os.link)

@@ -22,7 +22,8 @@ from itertools import count
 
 from protocol import replies
 from protocol.commands import DataFrame, SendFile
-from server.handlers import Caller, Outcome
+from server.caller import Caller
+from server.handlers import Outcome
 from server.outbox import Delivery
 from server.spool import Spool, Upload, encode_file_notice, remove_link
 from shm.directory import ClientInfo, Directory, GroupError, GroupInfo

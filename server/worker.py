@@ -44,17 +44,18 @@ from protocol import commands, replies
 from protocol.commands import Broadcast, CommandError, DataFrame, Send, SendFile, SendGroup, StreamError
 from protocol.framing import NEED_DATA, BadLine, Data, DataEnd, LineFramer, encode_line
 from server import handlers, lessons, mail
+from server.caller import Caller
 from server.config import ServerConfig
 from server.connection import Connection
 from server.doorbells import Doorbells
 from server.downloads import Downloads
-from server.handlers import Caller, Outcome
+from server.handlers import Outcome
 from server.outbox import Delivery, Outbox
 from server.spool import Spool
 from server.uploads import Uploads
-from shm import faults
 from shm.layout import RecordKind, WakeSource
 from shm.segments import ServerIpc
+from syscalls import faults
 
 log = logging.getLogger(__name__)
 

@@ -35,11 +35,11 @@ from typing import Protocol
 
 import sysv_ipc
 
-from shm import faults
+from syscalls import faults
 
 
 def _sysv_error(code: int) -> BaseException:
-    """What sysv_ipc raises when semop fails with ``code`` (for shm.faults)."""
+    """What sysv_ipc raises when semop fails with ``code`` (for syscalls.faults)."""
     if code == errno.EINTR:
         return sysv_ipc.Error("Signaled while waiting")
     if code in (errno.EIDRM, errno.EINVAL):

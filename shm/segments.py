@@ -24,12 +24,14 @@ from dataclasses import dataclass
 
 import sysv_ipc
 
-from shm import faults, layout
+from shm import layout
 from shm.directory import Directory
 from shm.layout import IpcObject
 from shm.locks import BinaryLock, TableLock
 from shm.mailboxes import MessageTable
 from shm.trace import TracedLock, TraceTable, TraceWriter, forget_writer_after_fork, format_segment
+from syscalls import faults
+from syscalls.processes import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -77,19 +79,6 @@ def list_objects(port: int | None = None) -> list[IpcEntry]:
                     IpcEntry(kind, int(row["key"]), ident, parsed[0], parsed[1], int(row["uid"]), **extra)
                 )
     return sorted(entries, key=lambda e: (e.port, e.obj))
-
-
-def pid_alive(pid: int) -> bool:
-    """Is there a process with this pid (kill(pid, 0); EPERM means yes, someone else's)?"""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _server_pid(entry: IpcEntry) -> int:

@@ -36,6 +36,7 @@ from shm.layout import IpcObject
 from shm.locks import BinaryLock, HeldByBlock
 from shm.mailboxes import MailboxStats, MessageTable
 from shm.segments import IpcEntry, list_objects
+from syscalls.processes import process_state
 
 #: How long a table lock may stay busy before the table is reported as locked.
 LOCK_PATIENCE = 1.0
@@ -144,17 +145,6 @@ class Snapshot:
         if b"inspect" in words:
             return "an inspector"
         return "other process"
-
-
-def process_state(pid: int) -> str | None:
-    """The state letter of a process from /proc (None if there is no such process)."""
-    if pid <= 0:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
 
 
 def _read_header(segment: sysv_ipc.SharedMemory) -> tuple:

@@ -20,7 +20,6 @@ time of the parent's ``reap`` of that process when the trace has one.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
@@ -38,6 +37,7 @@ from shm.layout import (
     TraceEvent,
     WakeSource,
 )
+from syscalls.processes import pid_alive
 
 LOCK_NAMES: dict[int, str] = {
     IpcObject.DIRECTORY_SEMAPHORE: "directory",
@@ -170,16 +170,6 @@ class TraceReader:
             self.segment = None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class UndoTracker:
     """Finds the locks a dead process never gave back (SEM_UNDO did), as events arrive.
 
@@ -210,7 +200,7 @@ class UndoTracker:
                 out.extend(self._undo(event.child, event.t_ns))
         return out
 
-    def finish(self, alive: Callable[[int], bool] = _alive) -> list[TraceRecord]:
+    def finish(self, alive: Callable[[int], bool] = pid_alive) -> list[TraceRecord]:
         out = []
         for pid in list(self._held):
             if self._held[pid] and not alive(pid):
@@ -224,7 +214,7 @@ class UndoTracker:
         ]
 
 
-def with_undo(events: Iterable[TraceRecord], alive: Callable[[int], bool] = _alive) -> list[TraceRecord]:
+def with_undo(events: Iterable[TraceRecord], alive: Callable[[int], bool] = pid_alive) -> list[TraceRecord]:
     """The events, oldest first, plus an ``undo`` for every lock SEM_UNDO gave back."""
     tracker = UndoTracker()
     out = tracker.feed(sorted(events, key=lambda r: (r.t_ns, r.ring, r.seq)))

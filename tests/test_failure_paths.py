@@ -1,7 +1,7 @@
 """The failure paths a hostile review found broken, one test each (issue 10).
 
 Each test makes the failure happen for real, a receiver stopped with SIGSTOP
-at the wrong moment, a fault injected at one system call (``shm.faults``), a
+at the wrong moment, a fault injected at one system call (``syscalls.faults``), a
 second server on the same spool, and checks the promise of
 docs/reliability.md: nothing lost without a line saying so, nothing leaked,
 nobody stalls anybody.

@@ -1,4 +1,4 @@
-"""The fault-injection matrix: every injection point of ``shm.faults`` x every errno it can return.
+"""The fault-injection matrix: every injection point of ``syscalls.faults`` x every errno it can return.
 
 Each cell starts the real server with ``SHMCHAT_FAULTS=point:N:ERRNO[@slot]``,
 runs the scenario that reaches that call (a start-up, connections, a few

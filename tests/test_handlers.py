@@ -14,7 +14,8 @@ from tablekit import online, small_tables
 from protocol import commands, replies
 from protocol import group_replies as groups
 from server import handlers
-from server.handlers import Caller, Outcome
+from server.caller import Caller
+from server.handlers import Outcome
 from server.outbox import OFFLINE
 from shm.directory import ClientInfo
 from shm.layout import RecordKind

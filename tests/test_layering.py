@@ -2,11 +2,12 @@
 
 The layers, lowest first (docs/design.md, "Layering"):
 
-* ``protocol`` (wire knowledge) and ``palette`` (a colour per id) import no
-  other package of the project;
-* ``shm`` (the tables in shared memory) imports ``protocol`` at most;
-* ``server``, ``client`` and ``inspector`` import ``protocol``, ``shm`` and
-  ``palette``, and never each other.
+* ``protocol`` (wire knowledge), ``palette`` (a colour per id) and
+  ``syscalls`` (fault injection, questions about processes) import no other
+  package of the project;
+* ``shm`` (the tables in shared memory) imports ``protocol`` and ``syscalls`` at most;
+* ``server``, ``client`` and ``inspector`` import ``protocol``, ``shm``,
+  ``syscalls`` and ``palette``, and never each other.
 
 A package's ``__main__.py`` is an entry point: it wires packages together
 (``python -m shm inspect`` runs the inspector) and may import any of them,
@@ -32,11 +33,12 @@ DESIGN = ROOT / "docs" / "design.md"
 ALLOWED = {
     "protocol": set(),
     "palette": set(),
-    "shm": {"protocol"},
-    "server": {"protocol", "shm", "palette"},
-    "client": {"protocol", "shm", "palette"},
-    "inspector": {"protocol", "shm", "palette"},
-    "lessons": {"protocol", "shm"},
+    "syscalls": set(),
+    "shm": {"protocol", "syscalls"},
+    "server": {"protocol", "shm", "palette", "syscalls"},
+    "client": {"protocol", "shm", "palette", "syscalls"},
+    "inspector": {"protocol", "shm", "palette", "syscalls"},
+    "lessons": {"protocol", "shm", "syscalls"},
 }
 #: Project code that no package above may import (benchmarks and tests use the packages).
 NOT_IMPORTABLE = {"bench", "tests", "conftest"}

@@ -27,6 +27,11 @@ class ServerConfig:
     #: Where uploads are spooled; None means a private folder per port under
     #: the temporary directory.
     spool_dir: str | None = None
+    #: Bytes the spool may hold in all, and waiting for one receiver (spooled
+    #: or reserved by uploads in progress); None: the defaults of
+    #: ``spool.Quotas.for_folder``, from the free space at start.
+    spool_quota: int | None = None
+    spool_quota_per_receiver: int | None = None
     #: Seconds a worker gets to say goodbye at shutdown before it is killed.
     shutdown_grace: float = 3.0
     #: Seconds a leaving worker waits for room for its last posts before it

@@ -20,6 +20,21 @@ the last link and descriptor are gone.  So:
   second server given the same ``--spool-dir`` refuses to start instead of
   removing the first one's files in transit.
 
+**The folder is also the ledger of the quotas.**  ``--spool-quota`` bounds the
+spool as a whole, ``--spool-quota-per-receiver`` the bytes waiting for one
+receiver.  Both count what is spooled (the receivers' links) and what uploads
+in progress have reserved: at ``/sendfile`` the worker writes one empty
+reservation file per receiver, named with the announced size
+(``up-S-G-T.for-RS-RG.size-N``), after checking, under one lock, that the
+size fits.  The check and the reservation are one step, so two uploads that
+start at once cannot both pass a check only one of them fits.  The lock is a
+POSIX record lock (``lockf``), which belongs to a process, on a small memfd
+the parent makes before it forks: ``flock`` would not do, as a forked worker
+shares its parent's open file description, and ``flock`` locks belong to that.
+Because the reservations are files named after their sender, the parent's
+cleanup of a departed worker removes them with its partial uploads: nothing
+needs repairing after a SIGKILL.
+
 **Whoever removes a receiver's link reports the verdict.**  A link can be
 removed by the receiving worker (the file was streamed, or failed), by the
 sending worker (its notice found the receiver gone), or by the parent (the
@@ -36,7 +51,10 @@ import logging
 import os
 import re
 import stat
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from syscalls import faults
 
@@ -54,14 +72,65 @@ _unlink = faults.wrap("unlink", os.unlink)
 CHUNK_BYTES = 256 * 1024
 
 _LINK = re.compile(r"to-(?P<slot>\d+)-(?P<gen>\d+)-(?P<sender>\d+)-(?P<n>\d+)\Z")
-#: Every name the spool itself makes: partial uploads and receivers' links.
-_SPOOL_FILE = re.compile(r"(?:up-\d+-\d+-\d+-\d+\.part|to-\d+-\d+-\d+-\d+)(?:\.removed)?\Z")
+#: An upload's reservation of its announced size for one receiver (see "the ledger").
+_RESERVATION = re.compile(
+    r"up-(?P<upload>\d+-\d+-\d+-\d+)\.for-(?P<slot>\d+)-(?P<gen>\d+)\.size-(?P<size>\d+)\Z"
+)
+#: Every name the spool itself makes: partial uploads, reservations and receivers' links.
+_SPOOL_FILE = re.compile(
+    r"(?:up-\d+-\d+-\d+-\d+(?:\.part|\.for-\d+-\d+\.size-\d+)|to-\d+-\d+-\d+-\d+)(?:\.removed)?\Z"
+)
 #: Added to a spool file that could not be removed, once its verdict is given.
 REMOVED = ".removed"
 
 
 class SpoolInUse(OSError):
     """Another live server holds this spool folder."""
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """Bytes the spool may hold: in all, and waiting for any one receiver."""
+
+    total: int
+    per_receiver: int
+
+    @classmethod
+    def for_folder(cls, path: str, total: int | None, per_receiver: int | None, max_clients: int) -> Quotas:
+        """The quotas given, or the defaults: half the free space of the folder's
+        file system at start, and a fair share of that per receiver (total / max
+        clients), so that one receiver that never reads cannot keep the others'
+        files out."""
+        if total is None:
+            fs = os.statvfs(path)
+            total = fs.f_bavail * fs.f_frsize // 2
+        if per_receiver is None:
+            per_receiver = total // max_clients
+        return cls(total, per_receiver)
+
+
+#: No quota: what a Spool has until the server gives it its own (tests, benchmarks).
+UNLIMITED = Quotas(2**63, 2**63)
+
+
+@dataclass
+class Reservation:
+    """What ``Spool.reserve`` could reserve for an upload, and for whom it could not."""
+
+    paths: dict[int, str] = field(default_factory=dict)  # receiver id -> its reservation file
+    refused: dict[int, str] = field(default_factory=dict)  # receiver id -> why it has no room
+    full: str | None = None  # why nothing could be reserved: the spool as a whole is full
+
+    def release(self) -> None:
+        """Remove the reservation files (the upload failed, or its links now count instead)."""
+        for path in self.paths.values():
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # counted until its sender leaves, when the parent removes it
+                log.warning("cannot remove spool reservation %s: %s", path, exc)
+        self.paths.clear()
 
 
 def remove_link(path: str) -> bool:
@@ -92,9 +161,12 @@ def remove_link(path: str) -> bool:
 class Spool:
     """The spool folder of one server."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, quotas: Quotas = UNLIMITED) -> None:
         self.path = path
+        self.quotas = quotas
         self._lock_fd = -1
+        # Made before the workers are forked, so that every one of them has it.
+        self._ledger_fd = os.memfd_create("shmchat-spool-ledger", os.MFD_CLOEXEC)
 
     def reset(self) -> None:
         """Remove what a previous server left, and make sure the folder is ours.
@@ -134,6 +206,7 @@ class Spool:
         self._remove_spool_files()
         os.close(self._lock_fd)
         self._lock_fd = -1
+        os.close(self._ledger_fd)
         try:
             os.rmdir(self.path)
         except OSError:
@@ -159,6 +232,89 @@ class Spool:
         link = self.link_path(slot, generation, transfer)
         _link(source, link)
         return link
+
+    def reservation_path(self, upload: str, slot: int, generation: int, size: int) -> str:
+        """``upload`` is the sender's ``slot-generation-transfer``, as in ``upload_path``."""
+        return os.path.join(self.path, f"up-{upload}.for-{slot}-{generation}.size-{size}")
+
+    @contextmanager
+    def _ledger(self) -> Iterator[None]:
+        """Hold the quota lock: one worker at a time reads the ledger and reserves."""
+        fcntl.lockf(self._ledger_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self._ledger_fd, fcntl.LOCK_UN)
+
+    def usage(self) -> tuple[int, dict[tuple[int, int], int]]:
+        """Bytes the spool holds or has promised: in all, and per receiver (slot, generation).
+
+        A receiver's share is its links plus the reservations naming it.  In
+        all, a file linked for several receivers counts once (one inode), and
+        so does an upload reserved for several.  A partial upload is not
+        counted: its reservation stands for it.
+        """
+        total = 0
+        by_receiver: dict[tuple[int, int], int] = defaultdict(int)
+        inodes: set[int] = set()
+        uploads: set[str] = set()
+        try:
+            names = os.listdir(self.path)
+        except FileNotFoundError:
+            return 0, by_receiver
+        for name in names:
+            if reserved := _RESERVATION.match(name):
+                size = int(reserved["size"])
+                by_receiver[int(reserved["slot"]), int(reserved["gen"])] += size
+                if reserved["upload"] not in uploads:
+                    uploads.add(reserved["upload"])
+                    total += size
+            elif link := _LINK.match(name):
+                try:
+                    info = os.lstat(os.path.join(self.path, name))
+                except FileNotFoundError:
+                    continue  # its download ended meanwhile
+                by_receiver[int(link["slot"]), int(link["gen"])] += info.st_size
+                if info.st_ino not in inodes:
+                    inodes.add(info.st_ino)
+                    total += info.st_size
+        return total, by_receiver
+
+    def reserve(self, upload: str, size: int, receivers: list[tuple[int, int, int]]) -> Reservation:
+        """Reserve ``size`` bytes for each receiver (id, slot, generation) that has room.
+
+        ``upload`` is the sender's ``slot-generation-transfer``.  Checked and
+        written under the quota lock, so that what one worker reserves the next
+        one counts.  Over the total quota nothing is reserved (``full`` says
+        why); a receiver over its own quota is left out (``refused`` says why).
+        """
+        reservation = Reservation()
+        quotas = self.quotas
+        with self._ledger():
+            total, by_receiver = self.usage()
+            if total + size > quotas.total:
+                reservation.full = (
+                    f"the server's spool is full ({total} bytes waiting or reserved, "
+                    f"{quotas.total} at most); try again once receivers have read their files"
+                )
+                return reservation
+            for client_id, slot, generation in receivers:
+                waiting = by_receiver[slot, generation]
+                if waiting + size > quotas.per_receiver:
+                    reservation.refused[client_id] = (
+                        f"{client_id} already has {waiting} bytes waiting in the spool "
+                        f"({quotas.per_receiver} at most per receiver); try again once it has read them"
+                    )
+                    continue
+                path = self.reservation_path(upload, slot, generation, size)
+                try:
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+                except OSError as exc:
+                    reservation.release()
+                    reservation.full = f"the server cannot store it now ({exc.strerror or exc})"
+                    return reservation
+                reservation.paths[client_id] = path
+        return reservation
 
     def leftovers(self, slot: int, generation: int) -> list[str]:
         """Remove a departed slot's partial uploads and undelivered links.
@@ -193,6 +349,8 @@ class Upload:
     sha256: str
     name: str
     path: str
+    #: The spool quota reserved for its receivers until their links take over.
+    reservation: Reservation = field(default_factory=Reservation)
     received: int = 0
 
     def __post_init__(self) -> None:
@@ -226,6 +384,7 @@ class Upload:
             os.close(self._fd)
             self._fd = -1
         remove_link(self.path)
+        self.reservation.release()
 
 
 @dataclass

@@ -44,7 +44,7 @@ from server.config import ServerConfig
 from server.doorbells import Doorbells
 from server.listener import Listener, Throttled, refuse
 from server.outbox import Delivery, Outbox
-from server.spool import Quotas, Spool, SpoolInUse, decode_file_notice, encode_file_result
+from server.spool import Spool, SpoolInUse, decode_file_notice, encode_file_result
 from server.worker import describe_exit, run_worker
 from shm.layout import RecordKind
 from shm.mailboxes import Posting, Record
@@ -126,9 +126,7 @@ class ChatServer:
         spool = Spool(cfg.spool_path(port))
         try:
             spool.reset()
-            spool.quotas = Quotas.for_folder(
-                spool.path, cfg.spool_quota, cfg.spool_quota_per_receiver, cfg.max_clients
-            )
+            spool.quotas = cfg.spool_quotas(spool.path)
         except SpoolInUse as exc:
             raise StartupError(f"cannot use the spool folder {spool.path}: {exc.strerror}") from exc
         except OSError as exc:  # never clean up a folder we refused to use

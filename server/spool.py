@@ -20,20 +20,10 @@ the last link and descriptor are gone.  So:
   second server given the same ``--spool-dir`` refuses to start instead of
   removing the first one's files in transit.
 
-**The folder is also the ledger of the quotas.**  ``--spool-quota`` bounds the
-spool as a whole, ``--spool-quota-per-receiver`` the bytes waiting for one
-receiver.  Both count what is spooled (the receivers' links) and what uploads
-in progress have reserved: at ``/sendfile`` the worker writes one empty
-reservation file per receiver, named with the announced size
-(``up-S-G-T.for-RS-RG.size-N``), after checking, under one lock, that the
-size fits.  The check and the reservation are one step, so two uploads that
-start at once cannot both pass a check only one of them fits.  The lock is a
-POSIX record lock (``lockf``), which belongs to a process, on a small memfd
-the parent makes before it forks: ``flock`` would not do, as a forked worker
-shares its parent's open file description, and ``flock`` locks belong to that.
-Because the reservations are files named after their sender, the parent's
-cleanup of a departed worker removes them with its partial uploads: nothing
-needs repairing after a SIGKILL.
+**The folder is also the ledger of the quotas** (``--spool-quota``, and
+``--spool-quota-per-receiver``): what waits for each receiver is its links,
+and what uploads in progress have reserved is one empty file per receiver,
+``up-S-G-T.for-RS-RG.size-N``.  ``server/ledger.py`` reads and writes it.
 
 **Whoever removes a receiver's link reports the verdict.**  A link can be
 removed by the receiving worker (the file was streamed, or failed), by the
@@ -51,10 +41,9 @@ import logging
 import os
 import re
 import stat
-from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from syscalls import faults
 
@@ -71,9 +60,9 @@ _unlink = faults.wrap("unlink", os.unlink)
 #: Bytes per data frame sent to a receiver (the client accepts up to 1 MiB).
 CHUNK_BYTES = 256 * 1024
 
-_LINK = re.compile(r"to-(?P<slot>\d+)-(?P<gen>\d+)-(?P<sender>\d+)-(?P<n>\d+)\Z")
+LINK = re.compile(r"to-(?P<slot>\d+)-(?P<gen>\d+)-(?P<sender>\d+)-(?P<n>\d+)\Z")
 #: An upload's reservation of its announced size for one receiver (see "the ledger").
-_RESERVATION = re.compile(
+RESERVATION = re.compile(
     r"up-(?P<upload>\d+-\d+-\d+-\d+)\.for-(?P<slot>\d+)-(?P<gen>\d+)\.size-(?P<size>\d+)\Z"
 )
 #: Every name the spool itself makes: partial uploads, reservations and receivers' links.
@@ -111,26 +100,6 @@ class Quotas:
 
 #: No quota: what a Spool has until the server gives it its own (tests, benchmarks).
 UNLIMITED = Quotas(2**63, 2**63)
-
-
-@dataclass
-class Reservation:
-    """What ``Spool.reserve`` could reserve for an upload, and for whom it could not."""
-
-    paths: dict[int, str] = field(default_factory=dict)  # receiver id -> its reservation file
-    refused: dict[int, str] = field(default_factory=dict)  # receiver id -> why it has no room
-    full: str | None = None  # why nothing could be reserved: the spool as a whole is full
-
-    def release(self) -> None:
-        """Remove the reservation files (the upload failed, or its links now count instead)."""
-        for path in self.paths.values():
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:  # counted until its sender leaves, when the parent removes it
-                log.warning("cannot remove spool reservation %s: %s", path, exc)
-        self.paths.clear()
 
 
 def remove_link(path: str) -> bool:
@@ -238,83 +207,18 @@ class Spool:
         return os.path.join(self.path, f"up-{upload}.for-{slot}-{generation}.size-{size}")
 
     @contextmanager
-    def _ledger(self) -> Iterator[None]:
-        """Hold the quota lock: one worker at a time reads the ledger and reserves."""
+    def ledger_lock(self) -> Iterator[None]:
+        """Hold the quota lock: one worker at a time reads the ledger and reserves.
+
+        A POSIX record lock (``lockf``) belongs to a process, so it excludes the
+        workers from each other although they share the memfd's open file
+        description; ``flock`` belongs to that description and would not.
+        """
         fcntl.lockf(self._ledger_fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.lockf(self._ledger_fd, fcntl.LOCK_UN)
-
-    def usage(self) -> tuple[int, dict[tuple[int, int], int]]:
-        """Bytes the spool holds or has promised: in all, and per receiver (slot, generation).
-
-        A receiver's share is its links plus the reservations naming it.  In
-        all, a file linked for several receivers counts once (one inode), and
-        so does an upload reserved for several.  A partial upload is not
-        counted: its reservation stands for it.
-        """
-        total = 0
-        by_receiver: dict[tuple[int, int], int] = defaultdict(int)
-        inodes: set[int] = set()
-        uploads: set[str] = set()
-        try:
-            names = os.listdir(self.path)
-        except FileNotFoundError:
-            return 0, by_receiver
-        for name in names:
-            if reserved := _RESERVATION.match(name):
-                size = int(reserved["size"])
-                by_receiver[int(reserved["slot"]), int(reserved["gen"])] += size
-                if reserved["upload"] not in uploads:
-                    uploads.add(reserved["upload"])
-                    total += size
-            elif link := _LINK.match(name):
-                try:
-                    info = os.lstat(os.path.join(self.path, name))
-                except FileNotFoundError:
-                    continue  # its download ended meanwhile
-                by_receiver[int(link["slot"]), int(link["gen"])] += info.st_size
-                if info.st_ino not in inodes:
-                    inodes.add(info.st_ino)
-                    total += info.st_size
-        return total, by_receiver
-
-    def reserve(self, upload: str, size: int, receivers: list[tuple[int, int, int]]) -> Reservation:
-        """Reserve ``size`` bytes for each receiver (id, slot, generation) that has room.
-
-        ``upload`` is the sender's ``slot-generation-transfer``.  Checked and
-        written under the quota lock, so that what one worker reserves the next
-        one counts.  Over the total quota nothing is reserved (``full`` says
-        why); a receiver over its own quota is left out (``refused`` says why).
-        """
-        reservation = Reservation()
-        quotas = self.quotas
-        with self._ledger():
-            total, by_receiver = self.usage()
-            if total + size > quotas.total:
-                reservation.full = (
-                    f"the server's spool is full ({total} bytes waiting or reserved, "
-                    f"{quotas.total} at most); try again once receivers have read their files"
-                )
-                return reservation
-            for client_id, slot, generation in receivers:
-                waiting = by_receiver[slot, generation]
-                if waiting + size > quotas.per_receiver:
-                    reservation.refused[client_id] = (
-                        f"{client_id} already has {waiting} bytes waiting in the spool "
-                        f"({quotas.per_receiver} at most per receiver); try again once it has read them"
-                    )
-                    continue
-                path = self.reservation_path(upload, slot, generation, size)
-                try:
-                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-                except OSError as exc:
-                    reservation.release()
-                    reservation.full = f"the server cannot store it now ({exc.strerror or exc})"
-                    return reservation
-                reservation.paths[client_id] = path
-        return reservation
 
     def leftovers(self, slot: int, generation: int) -> list[str]:
         """Remove a departed slot's partial uploads and undelivered links.
@@ -329,7 +233,7 @@ class Spool:
             return []
         for name in names:
             path = os.path.join(self.path, name)
-            match = _LINK.match(name)
+            match = LINK.match(name)
             if match and int(match["slot"]) == slot and int(match["gen"]) == generation:
                 if remove_link(path):
                     transfers.append(f"{match['sender']}-{match['n']}")
@@ -349,8 +253,6 @@ class Upload:
     sha256: str
     name: str
     path: str
-    #: The spool quota reserved for its receivers until their links take over.
-    reservation: Reservation = field(default_factory=Reservation)
     received: int = 0
 
     def __post_init__(self) -> None:
@@ -384,7 +286,6 @@ class Upload:
             os.close(self._fd)
             self._fd = -1
         remove_link(self.path)
-        self.reservation.release()
 
 
 @dataclass

@@ -25,8 +25,9 @@ from protocol import replies
 from protocol.commands import DataFrame, SendFile
 from server.caller import Caller
 from server.handlers import Outcome
+from server.ledger import Reservation, reserve
 from server.outbox import Delivery
-from server.spool import Reservation, Spool, Upload, encode_file_notice, remove_link
+from server.spool import Spool, Upload, encode_file_notice, remove_link
 from shm.directory import ClientInfo, Directory, GroupError, GroupInfo
 from shm.layout import RecordKind
 from shm.mailboxes import Posting, Record
@@ -51,6 +52,8 @@ class Uploads:
         self.spool = spool
         self.max_file_size = max_file_size
         self.open: dict[str, Upload] = {}
+        #: The spool room each upload in progress holds, until its links take over.
+        self.reserved: dict[str, Reservation] = {}
         #: The upload the current data frame's bytes go to (None: they are skipped).
         self.current: Upload | None = None
         self._numbers = count(1)
@@ -72,7 +75,8 @@ class Uploads:
         if not receivers:
             return Outcome(replies=[replies.upload_refused(name, "nobody to deliver it to is online")])
         slot, generation = self.caller.slot, self.caller.generation
-        reservation = self.spool.reserve(
+        reservation = reserve(
+            self.spool,
             f"{slot}-{generation}-{transfer}",
             request.size,
             [(r.client_id, r.slot, r.generation) for r in receivers],
@@ -82,15 +86,14 @@ class Uploads:
             return Outcome(replies=[replies.upload_refused(name, why)])
         path = self.spool.upload_path(slot, generation, transfer)
         try:
-            upload = Upload(
-                transfer, request.target, group_id, request.size, request.sha256, name, path, reservation
-            )
+            upload = Upload(transfer, request.target, group_id, request.size, request.sha256, name, path)
         except OSError as exc:
             reservation.release()
             log.warning("client %d: cannot spool an upload: %s", self.caller.client_id, exc)
             why = f"the server cannot store it now ({exc.strerror or exc})"
             return Outcome(replies=[replies.upload_refused(name, why)])
         self.open[transfer] = upload
+        self.reserved[transfer] = reservation
         out = Outcome(replies=[replies.upload_ready(transfer, request.size, name)])
         label = _label(upload)
         out.replies += [
@@ -154,13 +157,18 @@ class Uploads:
 
     def discard_all(self) -> None:
         """The client left: partial uploads go."""
-        for upload in self.open.values():
-            upload.discard()
+        for upload in list(self.open.values()):
+            self._drop(upload)
         self.open.clear()
         self.current = None
 
-    def _fail(self, upload: Upload, reason: str, out: Outcome) -> None:
+    def _drop(self, upload: Upload) -> None:
+        """The upload's spool file goes, and the room it held (its links, if any, now count)."""
         upload.discard()
+        self.reserved.pop(upload.transfer).release()
+
+    def _fail(self, upload: Upload, reason: str, out: Outcome) -> None:
+        self._drop(upload)
         self.open.pop(upload.transfer, None)
         out.replies.append(replies.error(f"{_label(upload)} upload failed: {reason}; nothing was sent"))
 
@@ -172,12 +180,12 @@ class Uploads:
         except OSError as exc:  # close() can report a delayed write error (NFS, quotas)
             problem = f"the server could not store it ({exc.strerror or exc})"
         if problem is not None:
-            upload.discard()
+            self._drop(upload)
             out.replies.append(replies.error(f"{_label(upload)} upload failed: {problem}; nothing was sent"))
             return
         receivers = self._receivers(upload, out)
         if receivers is None:
-            upload.discard()
+            self._drop(upload)
             return
         label = _label(upload)
         names = []
@@ -198,7 +206,7 @@ class Uploads:
             on_gone = partial(_notice_gone, link, label, receiver.client_id)
             out.deliveries.append(Delivery(posting, on_gone, receiver.client_id))
             names.append(str(receiver.client_id))
-        upload.discard()  # the receivers' links keep the data
+        self._drop(upload)  # the receivers' links keep the data, and count for them
         if names:
             out.replies.append(
                 replies.ok(f"{label} uploaded ({upload.size} bytes); delivering to {', '.join(names)}")
@@ -215,7 +223,7 @@ class Uploads:
         as with group messages, and has no room reserved.
         """
         online = self.directory.online_by_id()
-        reserved = upload.reservation.paths
+        reserved = self.reserved[upload.transfer].paths
         if not upload.group_id:
             return [online[upload.target]] if upload.target in online and upload.target in reserved else []
         try:

@@ -19,6 +19,7 @@ from conftest import RawClient
 from procinfo import spool_files, spool_of, wait_until
 from test_files import SleepySocket, beyond_socket_buffers, random_bytes, sha, upload_raw
 
+from server.ledger import reserve, usage
 from server.spool import Spool
 
 
@@ -67,11 +68,18 @@ def test_a_receiver_that_never_reads_is_bounded_by_its_share_and_loses_nothing(s
         ), reason
         assert only_links(spool) and len(spool_files(spool)) == 2
 
-        # Another receiver still gets files.
+        # Another receiver still gets files: sent to it, or to a group with both.
         reader = SleepySocket(server.port)
         other = upload_raw(sender, reader.id, files[2], "f2.bin")
         assert reader.read_file(other, size) == files[2]
         sender.expect(rf"^\[ok\] file {other} 'f2.bin' delivered to {reader.id}$")
+        sender.send(f"/makegroup {idle.id} {reader.id}")
+        group = sender.expect(r"^\[ok\] group (\d{5})").group(1)
+        shared = upload_raw(sender, int(group), files[2], "g.bin")
+        no_room = f"{idle.id}: {idle.id} already has {2 * size} bytes"
+        sender.seen_or_expect(rf"^\[error\] file {shared} 'g.bin' not delivered to {no_room} waiting")
+        sender.expect(rf"^\[ok\] file {shared} 'g.bin' uploaded \({size} bytes\); delivering to {reader.id}$")
+        assert reader.read_file(shared, size) == files[2]
 
         # Nothing already spooled was lost: the idle receiver reads, and gets both.
         for transfer, data in zip(transfers, files, strict=False):
@@ -172,19 +180,19 @@ def test_the_ledger_counts_a_group_file_once_in_all_and_once_per_receiver(tmp_pa
     spool = Spool(str(tmp_path / "spool"))
     spool.reset()
     try:
-        reservation = spool.reserve("0-1-12345-1", 1000, [(11111, 1, 1), (22222, 2, 1)])
+        reservation = reserve(spool, "0-1-12345-1", 1000, [(11111, 1, 1), (22222, 2, 1)])
         assert sorted(reservation.paths) == [11111, 22222] and not reservation.refused
-        assert spool.usage() == (1000, {(1, 1): 1000, (2, 1): 1000})
+        assert usage(spool) == (1000, {(1, 1): 1000, (2, 1): 1000})
         part = spool.upload_path(0, 1, "12345-1")
         Path(part).write_bytes(b"x" * 1000)  # a partial upload is counted by its reservation only
-        assert spool.usage()[0] == 1000
+        assert usage(spool)[0] == 1000
         for slot in (1, 2):
             spool.link_for(part, slot, 1, "12345-1")
         os.unlink(part)
         reservation.release()
-        assert spool.usage() == (1000, {(1, 1): 1000, (2, 1): 1000})  # one inode, two receivers
+        assert usage(spool) == (1000, {(1, 1): 1000, (2, 1): 1000})  # one inode, two receivers
         assert spool.leftovers(1, 1) == ["12345-1"]  # receiver 1 left: its share goes
-        assert spool.usage() == (1000, {(2, 1): 1000})
+        assert usage(spool) == (1000, {(2, 1): 1000})
     finally:
         spool.remove()
     assert not (tmp_path / "spool").exists()

@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
-from conftest import RawClient
+import pytest
+from conftest import LineModeClient, LineReader, RawClient, python_env
 from procinfo import spool_files, spool_of, wait_until
 from test_files import SleepySocket, beyond_socket_buffers, random_bytes, sha, upload_raw
 
+from client.session import ClientSession
+from protocol import commands
 from server.ledger import reserve, usage
 from server.spool import Spool
 
@@ -196,3 +202,88 @@ def test_the_ledger_counts_a_group_file_once_in_all_and_once_per_receiver(tmp_pa
     finally:
         spool.remove()
     assert not (tmp_path / "spool").exists()
+
+
+# -- the client's downloads ------------------------------------------------------------------
+
+
+class QuotaClient(LineModeClient):
+    """The real client in line mode, with ``--download-quota``."""
+
+    def __init__(self, port: int, download_dir: Path, quota: int) -> None:
+        LineReader.__init__(self)
+        command = [sys.executable, "-m", "client", "--port", str(port), "--download-dir", str(download_dir)]
+        self.proc = subprocess.Popen(
+            [*command, "--download-quota", str(quota)],
+            env=python_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.download_dir = download_dir
+        threading.Thread(target=self._read, daemon=True).start()
+
+
+def test_a_client_refuses_files_past_its_download_quota_and_the_sender_is_told(server, tmp_path):
+    size = 100 * 1024  # small: the whole file fits in the socket long before a "no" could come back
+    receiver = QuotaClient(server.port, tmp_path / "rx" / "downloads", quota=2 * size + size // 2)
+    sender = RawClient(server.port)
+    try:
+        receiver.welcome()
+        sender.welcome()
+        files = {f"f{n}.bin": random_bytes(size, seed=30 + n) for n in range(5)}
+        files["small.bin"] = random_bytes(size // 2, seed=40)  # still fits after the refusals
+        transfers = {name: upload_raw(sender, receiver.id, data, name) for name, data in files.items()}
+        for name, transfer in transfers.items():
+            if name in ("f0.bin", "f1.bin", "small.bin"):
+                sender.seen_or_expect(rf"^\[ok\] file {transfer} '{name}' delivered to {receiver.id}$")
+            else:
+                line = sender.seen_or_expect(rf"^\[(ok|error)\] file {transfer} '{name}' (not )?delivered")
+                assert line == (
+                    f"[error] file {transfer} '{name}' not delivered to {receiver.id}: "
+                    "refused by the receiver: its download quota is full"
+                ), line
+                receiver.seen_or_expect(rf"^\[server\] file {transfer} '{name}' from {sender.id} .*refused")
+        for name in ("f0.bin", "f1.bin", "small.bin"):
+            receiver.seen_or_expect(rf"^\[saved\] file '{name}' from {sender.id}")
+        folder = receiver.download_dir
+        assert sorted(os.listdir(folder)) == ["f0.bin", "f1.bin", "small.bin"]  # nothing half-written
+        for name in os.listdir(folder):
+            assert (folder / name).read_bytes() == files[name]
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_the_client_declares_its_quota_first_and_holds_it_even_if_the_server_does_not(tmp_path):
+    ours, theirs = socket.socketpair()
+    shown: list[str] = []
+    try:
+        session = ClientSession(ours, str(tmp_path / "downloads"), shown.append, download_quota=1000)
+        assert bytes(session.out) == b"/downloadquota 1000\n"
+        data = b"x" * 1001
+        session.on_line(f"[file 12345-1 from 12345] {len(data)} {sha(data)} big.bin")
+        session.on_line(f"[data 12345-1] {len(data)}")
+        session.on_data(data)
+        assert shown == [
+            "[error] file 12345-1 'big.bin' from 12345 not saved: "
+            "it would pass your download quota (1000 bytes left)"
+        ]
+        assert not (tmp_path / "downloads").exists() or os.listdir(tmp_path / "downloads") == []
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_the_download_quota_line_is_parsed_like_a_byte_count():
+    assert commands.parse("/downloadquota 1048576") == commands.DownloadQuota(1048576)
+    for bad in (
+        "/downloadquota",
+        "/downloadquota -1",
+        "/downloadquota 1e6",
+        "/downloadquota ²",
+        "/downloadquota " + "9" * 21,
+    ):
+        with pytest.raises(commands.CommandError):
+            commands.parse(bad)

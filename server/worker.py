@@ -41,16 +41,7 @@ from enum import IntEnum
 import sysv_ipc
 
 from protocol import commands, replies
-from protocol.commands import (
-    Broadcast,
-    CommandError,
-    DataFrame,
-    DownloadQuota,
-    Send,
-    SendFile,
-    SendGroup,
-    StreamError,
-)
+from protocol.commands import Broadcast, CommandError, DataFrame, Send, SendFile, SendGroup, StreamError
 from protocol.framing import NEED_DATA, BadLine, Data, DataEnd, LineFramer, encode_line
 from server import handlers, lessons, mail
 from server.caller import Caller
@@ -348,8 +339,8 @@ class Worker:
         if isinstance(request, DataFrame):
             self.start_frame(request)
             return
-        if isinstance(request, DownloadQuota):
-            self.downloads.room = request.size  # counted from now on
+        if isinstance(request, commands.DownloadQuota):
+            self.downloads.room = request.size  # files past it are refused (server/downloads.py)
             return
         outcome = handlers.handle(self.caller, request, self.ipc)
         if outcome.quit:

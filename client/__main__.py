@@ -11,6 +11,7 @@ import argparse
 import socket
 import sys
 
+from client.files import default_download_quota
 from protocol.wire import DEFAULT_PORT
 
 
@@ -22,9 +23,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--download-dir", default="downloads", help="where received files are saved (default: ./%(default)s)"
     )
     parser.add_argument(
+        "--download-quota",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="bytes of files this session saves at most; a file past it is refused "
+        "(default: 1000 MiB, or a quarter of the download folder's free space if less)",
+    )
+    parser.add_argument(
         "--line-mode", action="store_true", help="use line mode even when stdin is a terminal"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.download_quota is not None and args.download_quota < 0:
+        parser.error("--download-quota must not be negative")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,13 +50,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     sock.settimeout(None)
+    quota = args.download_quota
+    if quota is None:
+        quota = default_download_quota(args.download_dir)
     if sys.stdin.isatty() and not args.line_mode:
         from client.interactive import run_interactive
 
-        return run_interactive(sock, args.download_dir, f"{args.host}:{args.port}")
+        return run_interactive(sock, args.download_dir, f"{args.host}:{args.port}", quota)
     from client.linemode import run_line_mode
 
-    return run_line_mode(sock, args.download_dir)
+    return run_line_mode(sock, args.download_dir, quota)
 
 
 if __name__ == "__main__":

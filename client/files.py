@@ -23,6 +23,19 @@ from protocol.replies import FileHeader
 #: Bytes per data frame the client sends (the server takes up to 1 MiB).
 CHUNK_BYTES = 256 * 1024
 MAX_NAME_BYTES = 200
+#: The most --download-quota is by default: ten files at the server's default size limit.
+DEFAULT_DOWNLOAD_QUOTA = 10 * 100 * 1024 * 1024
+
+
+def default_download_quota(folder: str) -> int:
+    """What one session may save unless told otherwise: ``DEFAULT_DOWNLOAD_QUOTA``, or a
+    quarter of the free space of the folder's file system at start if that is less, so
+    that a classmate's files can never fill the disk."""
+    path = os.path.abspath(folder)
+    while not os.path.isdir(path):  # the folder is made with the first file
+        path = os.path.dirname(path)
+    fs = os.statvfs(path)
+    return min(DEFAULT_DOWNLOAD_QUOTA, fs.f_bavail * fs.f_frsize // 4)
 
 
 def safe_name(raw: str) -> str:

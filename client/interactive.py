@@ -277,13 +277,15 @@ class ConnectionEnded(Exception):
 
 
 class InteractiveClient:
-    def __init__(self, sock: socket.socket, download_dir: str, address: str) -> None:
+    def __init__(
+        self, sock: socket.socket, download_dir: str, address: str, download_quota: int | None = None
+    ) -> None:
         self.sock = sock
         self.address = address
         self.roster = Roster()
         self.transfers = Transfers()
         self.quiet = QuietReplies()
-        self.session = ClientSession(sock, download_dir, self.show, self.on_progress)
+        self.session = ClientSession(sock, download_dir, self.show, self.on_progress, download_quota)
         self.prompt: PromptSession | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.writing = False
@@ -472,8 +474,10 @@ class InteractiveClient:
         return 1
 
 
-def run_interactive(sock: socket.socket, download_dir: str, address: str) -> int:
-    client = InteractiveClient(sock, download_dir, address)
+def run_interactive(
+    sock: socket.socket, download_dir: str, address: str, download_quota: int | None = None
+) -> int:
+    client = InteractiveClient(sock, download_dir, address, download_quota)
     try:
         return asyncio.run(client.run())
     except KeyboardInterrupt:  # Ctrl-C outside the prompt (while leaving)

@@ -18,12 +18,12 @@ from client.session import ClientSession
 from protocol.framing import MAX_LINE_BYTES
 
 
-def run_line_mode(sock: socket.socket, download_dir: str) -> int:
+def run_line_mode(sock: socket.socket, download_dir: str, download_quota: int | None = None) -> int:
     def emit(line: str) -> None:
         sys.stdout.write(printable(line) + "\n")
         sys.stdout.flush()
 
-    session = ClientSession(sock, download_dir, emit)
+    session = ClientSession(sock, download_dir, emit, download_quota=download_quota)
     sock.setblocking(False)
     stdin_fd = sys.stdin.fileno()
     os.set_blocking(stdin_fd, False)

@@ -48,6 +48,7 @@ class ClientSession:
         download_dir: str,
         emit: Callable[[str], None],
         progress: Callable[[Progress], None] | None = None,
+        download_quota: int | None = None,
     ) -> None:
         self.sock = sock
         self.download_dir = download_dir
@@ -67,6 +68,12 @@ class ClientSession:
         self.refused = False  # Connection Limit Exceeded !!
         self.my_id: int | None = None
         self.quit_sent = False
+        #: Bytes of files still to be saved (--download-quota); None: no limit.
+        self.download_room = download_quota
+        if download_quota is not None:
+            # The first line, read before the server starts any file: it refuses
+            # a file past the quota for us, before its header (server/downloads.py).
+            self.out += encode_line(commands.format_download_quota(download_quota))
 
     # -- outbound ---------------------------------------------------------------
 
@@ -281,6 +288,20 @@ class ClientSession:
         return self.awaiting_ready.popleft()
 
     def start_download(self, header: replies.FileHeader) -> None:
+        room = self.download_room
+        if room is not None and header.size > room:
+            # The server refuses such a file before its header; this holds the
+            # quota even against a server that does not.
+            self.emit(
+                replies.error(
+                    f"file {header.transfer} '{header.name}' from {header.sender} not saved: "
+                    f"it would pass your download quota ({room} bytes left)"
+                )
+            )
+            self.downloads[header.transfer] = None  # skip its frames
+            return
+        if room is not None:
+            self.download_room = room - header.size
         try:
             incoming = IncomingFile(header, self.download_dir)
         except OSError as exc:

@@ -166,6 +166,17 @@ class DataFrame:
 
 
 @dataclass(frozen=True)
+class DownloadQuota:
+    """``/downloadquota <bytes>``: the client saves at most this many bytes of files.
+
+    The shmchat client sends it as its first line; the server then refuses on
+    its behalf, before the header, a file past what is left (server.downloads).
+    """
+
+    size: int
+
+
+@dataclass(frozen=True)
 class Quit:
     pass
 
@@ -183,6 +194,7 @@ Request = (
     | ListGroups
     | SendFile
     | DataFrame
+    | DownloadQuota
     | Quit
 )
 
@@ -309,6 +321,8 @@ def parse(line: str) -> Request:
         return _parse_sendfile(rest_verbatim)
     if name == "/data":
         return _parse_data(rest)
+    if name == "/downloadquota":
+        return _parse_download_quota(rest)
     shown = word if len(word) <= 30 else word[:30] + "..."
     raise CommandError(f"unknown command {shown!r}; type /help for the list of commands")
 
@@ -343,6 +357,17 @@ def _parse_data(rest: str) -> DataFrame:
         shown = parts[1] if len(parts[1]) <= MAX_COUNT_DIGITS else parts[1][:MAX_COUNT_DIGITS] + "..."
         raise StreamError(f"/data: frame of {shown} bytes is over the {MAX_DATA_FRAME}-byte limit")
     return DataFrame(parts[0], size)
+
+
+def _parse_download_quota(rest: str) -> DownloadQuota:
+    if not _is_count(rest) or len(rest) > MAX_COUNT_DIGITS:
+        raise CommandError("/downloadquota: usage: /downloadquota <bytes> (sent by the shmchat client)")
+    return DownloadQuota(int(rest))
+
+
+def format_download_quota(size: int) -> str:
+    """The line a client sends to say how many bytes of files it will save."""
+    return f"/downloadquota {size}"
 
 
 def format_data(transfer: str, size: int) -> str:

@@ -127,6 +127,18 @@ def upload_refused(name: str, reason: str) -> str:
     return f"[upload refused] {name}: {reason}"
 
 
+#: Why a file did not reach a receiver whose ``/downloadquota`` it would pass (to its sender).
+DOWNLOAD_QUOTA_FULL = "refused by the receiver: its download quota is full"
+
+
+def file_refused(transfer: str, sender: int, name: str, size: int, room: int) -> str:
+    """To the receiver: a file past its download quota was refused for it, unsent."""
+    return notice(
+        f"file {transfer} '{name}' from {sender} ({size} bytes) refused: "
+        f"your download quota is full ({room} bytes left)"
+    )
+
+
 def data_frame(transfer: str, size: int) -> str:
     """Precedes ``size`` raw bytes of file ``transfer``."""
     return f"[data {transfer}] {size}"

@@ -44,6 +44,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--spool-dir", default=None, help="folder for files in transit (default: a private temp folder)"
     )
     parser.add_argument(
+        "--spool-quota",
+        type=int,
+        default=None,
+        help="bytes the spool may hold, waiting or reserved (default: half its file system's free space)",
+    )
+    parser.add_argument(
+        "--spool-quota-per-receiver",
+        type=int,
+        default=None,
+        help="bytes the spool may hold for one receiver (default: the spool quota / --max-clients)",
+    )
+    parser.add_argument(
         "--lesson-hooks",
         action="store_true",
         help="enable the lesson hooks (/holdlock): for classroom lessons and tests only",
@@ -68,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--max-groups must be 1-1024")
     if args.max_file_size < 0:
         parser.error("--max-file-size must not be negative")
+    for flag in ("spool_quota", "spool_quota_per_receiver"):
+        if (getattr(args, flag) or 0) < 0:
+            parser.error(f"--{flag.replace('_', '-')} must not be negative")
     return args
 
 
@@ -85,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         max_groups=args.max_groups,
         max_file_size=args.max_file_size,
         spool_dir=args.spool_dir,
+        spool_quota=args.spool_quota,
+        spool_quota_per_receiver=args.spool_quota_per_receiver,
         lesson_hooks=args.lesson_hooks,
         trace=args.trace,
     )

@@ -7,6 +7,7 @@ import tempfile
 from dataclasses import dataclass
 
 from protocol.wire import DEFAULT_PORT
+from server.spool import Quotas
 from shm import layout
 
 MiB = 1024 * 1024
@@ -27,6 +28,11 @@ class ServerConfig:
     #: Where uploads are spooled; None means a private folder per port under
     #: the temporary directory.
     spool_dir: str | None = None
+    #: Bytes the spool may hold in all, and waiting for one receiver (spooled
+    #: or reserved by uploads in progress); None: the defaults of
+    #: ``Quotas.for_folder``, from the free space at start.
+    spool_quota: int | None = None
+    spool_quota_per_receiver: int | None = None
     #: Seconds a worker gets to say goodbye at shutdown before it is killed.
     shutdown_grace: float = 3.0
     #: Seconds a leaving worker waits for room for its last posts before it
@@ -40,6 +46,10 @@ class ServerConfig:
     lesson_hooks: bool = False
     #: Record every IPC step in the trace table (``python -m shm trace``).
     trace: bool = False
+
+    def spool_quotas(self, folder: str) -> Quotas:
+        """The spool's quotas: those given, or the defaults (``Quotas.for_folder``)."""
+        return Quotas.for_folder(folder, self.spool_quota, self.spool_quota_per_receiver, self.max_clients)
 
     def spool_path(self, port: int) -> str:
         if self.spool_dir:

@@ -6,6 +6,14 @@ one chunk at a time and only while the client keeps up (the output backlog is
 under a low-water mark), so memory stays flat whatever the size.  When the
 last byte has gone out, or the download fails, the link is removed and the
 sender gets one result record (a delivery for the outbox).
+
+A client that declared a download quota (``/downloadquota``, the shmchat
+client's first line) is sent no file past what is left of it: the file is
+refused before its header, the client is told in one line, and its sender
+gets the result ``refused by the receiver: its download quota is full``.
+Refusing here rather than in the client after the header keeps the verdict
+exact: a small file can be wholly in the socket, and reported delivered,
+before a "no" from the client could come back.
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ class Downloads:
         self.caller = caller
         self.directory = directory
         self.queue: deque[Download] = deque()
+        #: Bytes of files the client will still save (``/downloadquota``); None: it set no limit.
+        self.room: int | None = None
         self._view: memoryview | None = None  # chunks are read into it; made on first use
 
     def __bool__(self) -> bool:
@@ -87,6 +97,16 @@ class Downloads:
                 break
             try:
                 if not download.started:
+                    if self.room is not None and download.size > self.room:
+                        out.say(
+                            replies.file_refused(
+                                download.transfer, download.sender_id, download.name, download.size, self.room
+                            )
+                        )
+                        results += self.end(replies.DOWNLOAD_QUOTA_FULL)
+                        continue
+                    if self.room is not None:
+                        self.room -= download.size
                     download.open()
                     out.say(
                         replies.file_header(

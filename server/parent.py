@@ -126,11 +126,13 @@ class ChatServer:
         spool = Spool(cfg.spool_path(port))
         try:
             spool.reset()
+            spool.quotas = cfg.spool_quotas(spool.path)
         except SpoolInUse as exc:
             raise StartupError(f"cannot use the spool folder {spool.path}: {exc.strerror}") from exc
         except OSError as exc:  # never clean up a folder we refused to use
             raise StartupError(f"cannot use the spool folder {spool.path}: {exc.strerror or exc}") from exc
         self.spool = spool
+        log.info("spool quota: %d bytes, %d per receiver", spool.quotas.total, spool.quotas.per_receiver)
         try:
             self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:

@@ -20,6 +20,11 @@ the last link and descriptor are gone.  So:
   second server given the same ``--spool-dir`` refuses to start instead of
   removing the first one's files in transit.
 
+**The folder is also the ledger of the quotas** (``--spool-quota``, and
+``--spool-quota-per-receiver``): what waits for each receiver is its links,
+and what uploads in progress have reserved is one empty file per receiver,
+``up-S-G-T.for-RS-RG.size-N``.  ``server/ledger.py`` reads and writes it.
+
 **Whoever removes a receiver's link reports the verdict.**  A link can be
 removed by the receiving worker (the file was streamed, or failed), by the
 sending worker (its notice found the receiver gone), or by the parent (the
@@ -36,6 +41,8 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from syscalls import faults
@@ -53,15 +60,46 @@ _unlink = faults.wrap("unlink", os.unlink)
 #: Bytes per data frame sent to a receiver (the client accepts up to 1 MiB).
 CHUNK_BYTES = 256 * 1024
 
-_LINK = re.compile(r"to-(?P<slot>\d+)-(?P<gen>\d+)-(?P<sender>\d+)-(?P<n>\d+)\Z")
-#: Every name the spool itself makes: partial uploads and receivers' links.
-_SPOOL_FILE = re.compile(r"(?:up-\d+-\d+-\d+-\d+\.part|to-\d+-\d+-\d+-\d+)(?:\.removed)?\Z")
+LINK = re.compile(r"to-(?P<slot>\d+)-(?P<gen>\d+)-(?P<sender>\d+)-(?P<n>\d+)\Z")
+#: An upload's reservation of its announced size for one receiver (see "the ledger").
+RESERVATION = re.compile(
+    r"up-(?P<upload>\d+-\d+-\d+-\d+)\.for-(?P<slot>\d+)-(?P<gen>\d+)\.size-(?P<size>\d+)\Z"
+)
+#: Every name the spool itself makes: partial uploads, reservations and receivers' links.
+_SPOOL_FILE = re.compile(
+    r"(?:up-\d+-\d+-\d+-\d+(?:\.part|\.for-\d+-\d+\.size-\d+)|to-\d+-\d+-\d+-\d+)(?:\.removed)?\Z"
+)
 #: Added to a spool file that could not be removed, once its verdict is given.
 REMOVED = ".removed"
 
 
 class SpoolInUse(OSError):
     """Another live server holds this spool folder."""
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """Bytes the spool may hold: in all, and waiting for any one receiver."""
+
+    total: int
+    per_receiver: int
+
+    @classmethod
+    def for_folder(cls, path: str, total: int | None, per_receiver: int | None, max_clients: int) -> Quotas:
+        """The quotas given, or the defaults: half the free space of the folder's
+        file system at start, and a fair share of that per receiver (total / max
+        clients), so that one receiver that never reads cannot keep the others'
+        files out."""
+        if total is None:
+            fs = os.statvfs(path)
+            total = fs.f_bavail * fs.f_frsize // 2
+        if per_receiver is None:
+            per_receiver = total // max_clients
+        return cls(total, per_receiver)
+
+
+#: No quota: what a Spool has until the server gives it its own (tests, benchmarks).
+UNLIMITED = Quotas(2**63, 2**63)
 
 
 def remove_link(path: str) -> bool:
@@ -92,9 +130,12 @@ def remove_link(path: str) -> bool:
 class Spool:
     """The spool folder of one server."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, quotas: Quotas = UNLIMITED) -> None:
         self.path = path
+        self.quotas = quotas
         self._lock_fd = -1
+        # Made before the workers are forked, so that every one of them has it.
+        self._ledger_fd = os.memfd_create("shmchat-spool-ledger", os.MFD_CLOEXEC)
 
     def reset(self) -> None:
         """Remove what a previous server left, and make sure the folder is ours.
@@ -134,6 +175,7 @@ class Spool:
         self._remove_spool_files()
         os.close(self._lock_fd)
         self._lock_fd = -1
+        os.close(self._ledger_fd)
         try:
             os.rmdir(self.path)
         except OSError:
@@ -160,6 +202,24 @@ class Spool:
         _link(source, link)
         return link
 
+    def reservation_path(self, upload: str, slot: int, generation: int, size: int) -> str:
+        """``upload`` is the sender's ``slot-generation-transfer``, as in ``upload_path``."""
+        return os.path.join(self.path, f"up-{upload}.for-{slot}-{generation}.size-{size}")
+
+    @contextmanager
+    def ledger_lock(self) -> Iterator[None]:
+        """Hold the quota lock: one worker at a time reads the ledger and reserves.
+
+        A POSIX record lock (``lockf``) belongs to a process, so it excludes the
+        workers from each other although they share the memfd's open file
+        description; ``flock`` belongs to that description and would not.
+        """
+        fcntl.lockf(self._ledger_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self._ledger_fd, fcntl.LOCK_UN)
+
     def leftovers(self, slot: int, generation: int) -> list[str]:
         """Remove a departed slot's partial uploads and undelivered links.
 
@@ -173,7 +233,7 @@ class Spool:
             return []
         for name in names:
             path = os.path.join(self.path, name)
-            match = _LINK.match(name)
+            match = LINK.match(name)
             if match and int(match["slot"]) == slot and int(match["gen"]) == generation:
                 if remove_link(path):
                     transfers.append(f"{match['sender']}-{match['n']}")

@@ -1,7 +1,8 @@
 """Uploads: files arriving from this worker's client, on their way to the spool.
 
-``/sendfile`` is checked (size, receiver, group membership), answered with a
-go-ahead, and then fed by ``/data`` frames.  The bytes go straight into a
+``/sendfile`` is checked (size, receiver, group membership, room in the
+spool's quotas, which it reserves), answered with a go-ahead, and then fed
+by ``/data`` frames.  The bytes go straight into a
 spool file while they are hashed; when the last one is in and the SHA-256
 checks out, each receiver gets its own hard link and a FILE notice is queued
 for it.  Everything here returns lines for the client and deliveries for the
@@ -24,6 +25,7 @@ from protocol import replies
 from protocol.commands import DataFrame, SendFile
 from server.caller import Caller
 from server.handlers import Outcome
+from server.ledger import Reservation, reserve
 from server.outbox import Delivery
 from server.spool import Spool, Upload, encode_file_notice, remove_link
 from shm.directory import ClientInfo, Directory, GroupError, GroupInfo
@@ -50,30 +52,63 @@ class Uploads:
         self.spool = spool
         self.max_file_size = max_file_size
         self.open: dict[str, Upload] = {}
+        #: The spool room each upload in progress holds, until its links take over.
+        self.reserved: dict[str, Reservation] = {}
         #: The upload the current data frame's bytes go to (None: they are skipped).
         self.current: Upload | None = None
         self._numbers = count(1)
 
     def start(self, request: SendFile) -> Outcome:
-        """Answer a ``/sendfile`` header: a go-ahead, or why not."""
+        """Answer a ``/sendfile`` header: a go-ahead, or why not.
+
+        The announced size is reserved in the spool for each receiver before
+        the go-ahead (``Spool.reserve``): past a quota the sender is told now,
+        before it sends a byte.
+        """
         name = request.name
         target = self._receiver_of(request)
         if isinstance(target, str):
             return Outcome(replies=[replies.upload_refused(name, target)])
         transfer = f"{self.caller.client_id}-{next(self._numbers)}"
         group_id = target.group_id if isinstance(target, GroupInfo) else 0
-        path = self.spool.upload_path(self.caller.slot, self.caller.generation, transfer)
+        receivers = self._receivers_now(target)
+        if not receivers:
+            return Outcome(replies=[replies.upload_refused(name, "nobody to deliver it to is online")])
+        slot, generation = self.caller.slot, self.caller.generation
+        reservation = reserve(
+            self.spool,
+            f"{slot}-{generation}-{transfer}",
+            request.size,
+            [(r.client_id, r.slot, r.generation) for r in receivers],
+        )
+        if not reservation.paths:
+            why = reservation.full or _nobody_has_room(target, reservation)
+            return Outcome(replies=[replies.upload_refused(name, why)])
+        path = self.spool.upload_path(slot, generation, transfer)
         try:
             upload = Upload(transfer, request.target, group_id, request.size, request.sha256, name, path)
         except OSError as exc:
+            reservation.release()
             log.warning("client %d: cannot spool an upload: %s", self.caller.client_id, exc)
             why = f"the server cannot store it now ({exc.strerror or exc})"
             return Outcome(replies=[replies.upload_refused(name, why)])
         self.open[transfer] = upload
+        self.reserved[transfer] = reservation
         out = Outcome(replies=[replies.upload_ready(transfer, request.size, name)])
+        label = _label(upload)
+        out.replies += [
+            replies.error(f"{label} not delivered to {r}: {why}") for r, why in reservation.refused.items()
+        ]
         if upload.complete:  # a 0-byte file has no data frames
             self._finish(upload, out)
         return out
+
+    def _receivers_now(self, target: ClientInfo | GroupInfo) -> list[ClientInfo]:
+        """Who would get the file if it were whole now: the client, or the group's other online members."""
+        if isinstance(target, ClientInfo):
+            return [target]
+        online = self.directory.online_by_id()
+        return [online[m] for m in target.members if m in online and m != self.caller.client_id]
 
     def _receiver_of(self, request: SendFile) -> str | ClientInfo | GroupInfo:
         """The receiver of a proposed upload, or why it is refused."""
@@ -122,13 +157,18 @@ class Uploads:
 
     def discard_all(self) -> None:
         """The client left: partial uploads go."""
-        for upload in self.open.values():
-            upload.discard()
+        for upload in list(self.open.values()):
+            self._drop(upload)
         self.open.clear()
         self.current = None
 
-    def _fail(self, upload: Upload, reason: str, out: Outcome) -> None:
+    def _drop(self, upload: Upload) -> None:
+        """The upload's spool file goes, and the room it held (its links, if any, now count)."""
         upload.discard()
+        self.reserved.pop(upload.transfer).release()
+
+    def _fail(self, upload: Upload, reason: str, out: Outcome) -> None:
+        self._drop(upload)
         self.open.pop(upload.transfer, None)
         out.replies.append(replies.error(f"{_label(upload)} upload failed: {reason}; nothing was sent"))
 
@@ -140,12 +180,12 @@ class Uploads:
         except OSError as exc:  # close() can report a delayed write error (NFS, quotas)
             problem = f"the server could not store it ({exc.strerror or exc})"
         if problem is not None:
-            upload.discard()
+            self._drop(upload)
             out.replies.append(replies.error(f"{_label(upload)} upload failed: {problem}; nothing was sent"))
             return
         receivers = self._receivers(upload, out)
         if receivers is None:
-            upload.discard()
+            self._drop(upload)
             return
         label = _label(upload)
         names = []
@@ -166,7 +206,7 @@ class Uploads:
             on_gone = partial(_notice_gone, link, label, receiver.client_id)
             out.deliveries.append(Delivery(posting, on_gone, receiver.client_id))
             names.append(str(receiver.client_id))
-        upload.discard()  # the receivers' links keep the data
+        self._drop(upload)  # the receivers' links keep the data, and count for them
         if names:
             out.replies.append(
                 replies.ok(f"{label} uploaded ({upload.size} bytes); delivering to {', '.join(names)}")
@@ -176,19 +216,35 @@ class Uploads:
         out.replies += failures  # one result line for each receiver that cannot have it
 
     def _receivers(self, upload: Upload, out: Outcome) -> list[ClientInfo] | None:
-        """Who gets the finished upload now (None: it cannot be sent, and ``out`` says why)."""
+        """Who gets the finished upload now (None: it cannot be sent, and ``out`` says why).
+
+        Those it was reserved for, if still online (and still in the group): a
+        member who joined during the upload was not there when it was sent,
+        as with group messages, and has no room reserved.
+        """
         online = self.directory.online_by_id()
+        reserved = self.reserved[upload.transfer].paths
         if not upload.group_id:
-            return [online[upload.target]] if upload.target in online else []
+            return [online[upload.target]] if upload.target in online and upload.target in reserved else []
         try:
             group = self.directory.group_for_sender(upload.group_id, self.caller.client_id)
         except GroupError as exc:  # the sender left the group, or it was dissolved, meanwhile
             out.replies.append(replies.error(f"{_label(upload)} not sent: {exc}"))
             return None
-        return [online[m] for m in group.members if m in online and m != self.caller.client_id]
+        return [online[m] for m in group.members if m in online and m in reserved]
 
     def _who(self, upload: Upload, receiver: ClientInfo) -> tuple[int, str, int]:
         return self.caller.client_id, upload.transfer, receiver.client_id
+
+
+def _nobody_has_room(target: ClientInfo | GroupInfo, reservation: Reservation) -> str:
+    """Why a file none of whose receivers has room in the spool is refused."""
+    if isinstance(target, ClientInfo) or len(reservation.refused) == 1:
+        return next(iter(reservation.refused.values()))
+    return (
+        f"no member of group {target.group_id} has room for it in the spool; "
+        "try again once they have read their files"
+    )
 
 
 def _label(upload: Upload) -> str:

@@ -339,6 +339,9 @@ class Worker:
         if isinstance(request, DataFrame):
             self.start_frame(request)
             return
+        if isinstance(request, commands.DownloadQuota):
+            self.downloads.room = request.size  # files past it are refused (server/downloads.py)
+            return
         outcome = handlers.handle(self.caller, request, self.ipc)
         if outcome.quit:
             # The goodbye waits until the posts before it are delivered or reported.

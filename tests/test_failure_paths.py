@@ -104,6 +104,10 @@ def a_full_mailbox(server: ServerProcess, connect):
     Two more clients do the filling (see ``fill_mailbox``).
     """
     a, b, flooder, topper = connect(), connect(), connect(), connect()
+    # The parent's "joined" notices must be in b's hands before b lags: one
+    # arriving in the stopped mailbox later would take the room measured for the topper.
+    b.expect(rf"client {flooder.id} joined")
+    b.expect(rf"client {topper.id} joined")
     b_worker = worker_pid(server.port, b.id)
     with stopped(server.port, b_worker):
         fill_mailbox(server, flooder, topper, b.id)

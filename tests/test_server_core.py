@@ -250,19 +250,10 @@ def test_restart_after_sigkill_reclaims_stale_objects(start_server, connect):
     assert len(leftovers) == 5
     second = start_server("--port", str(port))  # start_server adds --port 0 first; the last one wins
     assert second.port == port
-    assert "removed stale" in _wait_for_log(second, "removed stale")
+    wait_until(lambda: "removed stale" in second.log(), what="'removed stale' in the second server's log")
     a, b = connect(target=second), connect(target=second)
     a.send(f"/send {b.id} after the crash")
     b.expect(r"after the crash$")
-
-
-def _wait_for_log(server: ServerProcess, text: str, timeout: float = 5) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in server.log():
-            return server.log()
-        time.sleep(0.05)
-    return server.log()
 
 
 def test_shm_cleanup_command_removes_a_dead_servers_objects(tmp_path):

@@ -108,14 +108,12 @@ def test_a_neighbours_objects_are_never_this_tests_but_its_own_servers_are(tmp_p
 
 
 def test_real_tests_pass_while_a_neighbour_server_starts_and_stops_beside_them(tmp_path):
-    env = python_env()
-    env.pop("SHMCHAT_TEST_SHARED_MACHINE", None)  # retired; a run must need no setting
     with Neighbour(tmp_path / "neighbour") as neighbour:
         first = neighbour.cycles
         run = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *BESIDE],
             cwd=ROOT,
-            env=env,
+            env=python_env(),
             capture_output=True,
             text=True,
             timeout=300,

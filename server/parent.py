@@ -20,8 +20,7 @@ added.  The order of events is what makes it dependable:
    and tells everyone who left.  One code path for every way of leaving.
 6. On SIGINT or SIGTERM: say goodbye through every mailbox, give the workers
    a few seconds, kill the stragglers, reap them all, then remove every
-   segment and semaphore.  The creator is the destroyer.  A second stop
-   signal is held blocked: the exit status never depends on when it lands.
+   segment and semaphore.  The creator is the destroyer.
 """
 
 from __future__ import annotations
@@ -323,14 +322,8 @@ class ChatServer:
     # -- shutdown -------------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Say goodbye, reap every worker, remove every IPC object and the spool.
-
-        From here to the end of the process SIGINT and SIGTERM stay blocked,
-        so a second Ctrl-C or ``kill`` changes nothing: the exit status is the
-        same whenever it lands.  Unblocked, one landing after ``run`` returns
-        would meet the default action (Python puts it back while the
-        interpreter finalizes) and kill the process with that signal.
-        """
+        """Say goodbye, reap every worker, remove every IPC object and the spool."""
+        # Blocked to the end, finalization included: a repeated stop signal never changes the exit status.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         self.stopping = True
         if self.listener is not None:

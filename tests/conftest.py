@@ -94,12 +94,15 @@ def machine_objects() -> set[IpcObject]:
 class TestObjects:
     """The IPC objects the running test answers for, and nothing else.
 
-    Those are the objects keyed by a port of a server the test started
-    (``STARTED_PORTS``) and those this test process created itself (the
-    tables that unit tests make in-process, found by their creator pid), with
-    every other object of their port.  On a lab machine other users' and
-    other runs' servers start and stop all the time; their objects are never
-    judged, and no setting is needed for that.
+    What it leaves behind: the new objects keyed by a port of a server the
+    test started (``STARTED_PORTS``), and those this test process created
+    itself (the tables unit tests make in-process, found by their creator
+    pid) with the rest of their port.  What it loses: objects this process
+    created before the test.  Stale objects that a crashed server (anyone's)
+    left on a port the test's server then gets are reclaimed by that server,
+    rightly.  On a lab machine other users' and other runs' servers start
+    and stop all the time; their objects are never judged, and no setting is
+    needed for that.
     """
 
     __test__ = False  # a helper, not a test class for pytest to collect
@@ -108,20 +111,14 @@ class TestObjects:
         self.before = machine_objects()
 
     def compare(self) -> tuple[set[IpcObject], set[IpcObject]]:
-        """(what this test's servers left behind, what of theirs disappeared)."""
+        """(what the test left behind, what it made before and lost) since ``__init__``."""
         after = machine_objects()
-        mine = self._ports(self.before | after)
-        now, then = self._of(after, mine), self._of(self.before, mine)
-        return now - then, then - now
-
-    @staticmethod
-    def _ports(objects: set[IpcObject]) -> set[int]:
-        created_here = {o.port for o in objects if o.creator == os.getpid() and o.port is not None}
-        return STARTED_PORTS | created_here
-
-    @staticmethod
-    def _of(objects: set[IpcObject], ports: set[int]) -> set[IpcObject]:
-        return {o for o in objects if o.port in ports or o.creator == os.getpid()}
+        me = os.getpid()
+        made_here = {o.port for o in self.before | after if o.creator == me and o.port is not None}
+        started = STARTED_PORTS | made_here
+        leaked = {o for o in after - self.before if o.port in started or o.creator == me}
+        lost = {o for o in self.before - after if o.port in made_here or o.creator == me}
+        return leaked, lost
 
 
 def sysv_objects() -> set[tuple[str, int, int]]:
@@ -136,15 +133,15 @@ def port_objects(port: int) -> set[tuple[str, int, int]]:
 
 @pytest.fixture(autouse=True)
 def ipcs_unchanged() -> Iterator[None]:
-    """Fail a test whose servers leave an IPC object behind (or lose one)."""
+    """Fail a test whose servers leave an IPC object behind (see ``TestObjects``)."""
     STARTED_PORTS.clear()
     objects = TestObjects()
     yield
     deadline = time.monotonic() + 5  # servers get a few seconds to clean up after a stop
     while (changes := objects.compare()) != (set(), set()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    leaked, vanished = changes
-    assert not leaked and not vanished, f"IPC objects leaked: {leaked}, vanished: {vanished}"
+    leaked, lost = changes
+    assert not leaked and not lost, f"IPC objects leaked: {leaked}, lost: {lost}"
 
 
 # -- the server -------------------------------------------------------------------

@@ -94,9 +94,9 @@ def test_a_neighbours_objects_are_never_this_tests_but_its_own_servers_are(tmp_p
     # The check is not blind: a server of this test killed with SIGKILL leaves its five objects.
     own = ServerProcess(spool=tmp_path / "own")
     own.kill()
-    leaked, vanished = objects.compare()
+    leaked, lost = objects.compare()
     assert {(o.kind, o.key, o.ident) for o in leaked} == port_objects(own.port) and len(leaked) == 5
-    assert vanished == set()
+    assert lost == set()
     subprocess.run(
         [sys.executable, "-m", "shm", "cleanup", "--port", str(own.port)],
         cwd=ROOT,
@@ -104,6 +104,18 @@ def test_a_neighbours_objects_are_never_this_tests_but_its_own_servers_are(tmp_p
         capture_output=True,
         check=True,
     )
+    assert objects.compare() == (set(), set())
+
+
+def test_a_crashed_neighbours_objects_reclaimed_by_this_tests_server_are_no_loss(tmp_path):
+    crashed, port = start_neighbour(tmp_path / "crashed")
+    crashed.kill()  # SIGKILL: its objects stay, stale, as a classmate's crash leaves them
+    crashed.wait()
+    assert len(port_objects(port)) == 5
+    objects = TestObjects()
+    ours = ServerProcess("--port", str(port), spool=tmp_path / "ours")  # the port the kernel could hand us
+    wait_until(lambda: "removed stale" in ours.log(), what="the stale objects to be reclaimed")
+    assert ours.stop() == 0
     assert objects.compare() == (set(), set())
 
 

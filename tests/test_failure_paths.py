@@ -360,6 +360,25 @@ def test_shutdown_is_not_stalled_by_a_stopped_lock_holder(start_server, connect)
     assert port_objects(server.port) == set()
 
 
+def test_a_test_that_needs_a_lock_a_stopped_worker_holds_fails_naming_it(start_server, connect):
+    # What made test_at_sigterm_a_lagging_worker_still_gets_its_goodbye hang for
+    # 120 s: only the server's parent breaks a stall, and a test reading the tables
+    # waited in semop for ever.  procinfo.attached bounds the test's own waits.
+    server = start_server("--lesson-hooks")
+    a = connect(target=server)
+    a.send("/holdlock messages")
+    key = server_key(server.port, IpcObject.MESSAGES_SEMAPHORE)
+    wait_until(lambda: BinaryLock.attach(key).value == 0, what="the lock to be held")
+    holder = worker_pid_unlocked(server, a)
+    os.kill(holder, signal.SIGSTOP)
+    try:
+        held = rf"MESSAGES_SEMAPHORE lock .* by pid {holder} \(state T\)"
+        with pytest.raises(AssertionError, match=held), attached(server.port, patience=0.5) as ipc:
+            ipc.messages.stats()
+    finally:
+        os.kill(holder, signal.SIGCONT)
+
+
 def server_key(port: int, obj: IpcObject) -> int:
     from shm import layout
 

@@ -323,8 +323,7 @@ class ChatServer:
 
     def shutdown(self) -> None:
         """Say goodbye, reap every worker, remove every IPC object and the spool."""
-        # Blocked to the end, finalization included: a repeated stop signal never changes the exit status.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # till exit: see design.md
         self.stopping = True
         if self.listener is not None:
             self.listener.close()

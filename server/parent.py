@@ -325,6 +325,7 @@ class ChatServer:
 
     def shutdown(self) -> None:
         """Say goodbye, reap every worker, remove every IPC object and the spool."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # till exit: see design.md
         self.stopping = True
         if self.listener is not None:
             self.listener.close()

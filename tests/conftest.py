@@ -1,8 +1,10 @@
 """Fixtures: a real server process, real sockets, real clients, and an ipcs check.
 
-Every test runs under ``ipcs_unchanged``: the System V segments and
-semaphores on the machine must be the same after the test as before it
-(servers get a few seconds to clean up after they are stopped).
+Every test runs under ``ipcs_unchanged``: the IPC objects of the servers the
+test started, and of the tables it made itself, must be the same after the
+test as before it (servers get a few seconds to clean up after they are
+stopped).  Other servers on the machine, a classmate's or another test run's,
+are never judged: see ``TestObjects``.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 import pytest
 
@@ -41,24 +43,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-# -- ipcs ------------------------------------------------------------------------
+# -- the IPC objects of this test's servers --------------------------------------------
 
 
-def sysv_objects() -> set[tuple[str, int, int]]:
-    """(kind, key, id) of every System V segment and semaphore set on the machine."""
-    found = set()
+class IpcObject(NamedTuple):
+    """One IPC object on the machine, as the leak check compares it."""
+
+    kind: str  # "shm" or "sem" (System V); each kind in OBJECT_KINDS adds its own
+    key: int | str  # the System V key (a POSIX object would give its name)
+    ident: int  # the System V id (0 where a kind has none)
+    port: int | None  # the shmchat server port the key encodes; None: not shmchat's
+    creator: int | None  # the pid that created it, where the kernel records one (segments)
+
+
+def sysv_listing() -> list[IpcObject]:
+    """Every System V segment and semaphore set on the machine, from /proc/sysvipc."""
+    found = []
     for kind, path in (("shm", "/proc/sysvipc/shm"), ("sem", "/proc/sysvipc/sem")):
         with open(path) as table:
-            next(table)
+            columns = table.readline().split()
             for line in table:
-                fields = line.split()
-                found.add((kind, int(fields[0]), int(fields[1])))
+                row = dict(zip(columns, line.split(), strict=False))
+                key = int(row["key"])
+                ident = int(row["shmid" if kind == "shm" else "semid"])
+                creator = int(row["cpid"]) if kind == "shm" else None  # /proc/sysvipc/sem has no pid
+                found.append(IpcObject(kind, key, ident, _port_of(key), creator))
     return found
-
-
-def port_objects(port: int) -> set[tuple[str, int, int]]:
-    """(kind, key, id) of the shmchat segments and semaphores keyed by ``port``."""
-    return {o for o in sysv_objects() if _port_of(o[1]) == port}
 
 
 def _port_of(key: int) -> int | None:
@@ -66,37 +76,72 @@ def _port_of(key: int) -> int | None:
     return parsed[0] if parsed else None
 
 
-#: Ports of the servers this test process started (for SHMCHAT_TEST_SHARED_MACHINE).
+#: The kinds of IPC object the leak check compares: one function each that
+#: lists every object of its kind on the machine with the port it belongs to.
+#: Another kind (POSIX names in /dev/shm, say) is one more function here.
+OBJECT_KINDS: list[Callable[[], Iterable[IpcObject]]] = [sysv_listing]
+
+#: Ports of the servers the running test started (emptied as each test begins):
+#: ``ServerProcess`` adds its own; code that starts a server another way adds it.
 STARTED_PORTS: set[int] = set()
 
 
-def visible_objects() -> set[tuple[str, int, int]]:
-    """The objects a test may compare: every one on the machine, or with
-    SHMCHAT_TEST_SHARED_MACHINE=1 only those of this process's servers."""
-    return _visible(sysv_objects())
+def machine_objects() -> set[IpcObject]:
+    """Every IPC object on the machine, of every kind the leak check knows."""
+    return {o for kind in OBJECT_KINDS for o in kind()}
 
 
-def _visible(objects: set[tuple[str, int, int]]) -> set[tuple[str, int, int]]:
-    """What the leak check compares.
+class TestObjects:
+    """The IPC objects the running test answers for, and nothing else.
 
-    Normally every object on the machine.  With SHMCHAT_TEST_SHARED_MACHINE=1
-    (several test runs at once on one machine), only shmchat objects of ports
-    this process used, since other runs' servers come and go meanwhile.
+    What it leaves behind: the new objects keyed by a port of a server the
+    test started (``STARTED_PORTS``), and those this test process created
+    itself (the tables unit tests make in-process, found by their creator
+    pid) with the rest of their port.  What it loses: objects this process
+    created before the test.  Stale objects that a crashed server (anyone's)
+    left on a port the test's server then gets are reclaimed by that server,
+    rightly.  On a lab machine other users' and other runs' servers start
+    and stop all the time; their objects are never judged, and no setting is
+    needed for that.
     """
-    if not os.environ.get("SHMCHAT_TEST_SHARED_MACHINE"):
-        return objects
-    return {o for o in objects if _port_of(o[1]) in STARTED_PORTS}
+
+    __test__ = False  # a helper, not a test class for pytest to collect
+
+    def __init__(self) -> None:
+        self.before = machine_objects()
+
+    def compare(self) -> tuple[set[IpcObject], set[IpcObject]]:
+        """(what the test left behind, what it made before and lost) since ``__init__``."""
+        after = machine_objects()
+        me = os.getpid()
+        made_here = {o.port for o in self.before | after if o.creator == me and o.port is not None}
+        started = STARTED_PORTS | made_here
+        leaked = {o for o in after - self.before if o.port in started or o.creator == me}
+        lost = {o for o in self.before - after if o.port in made_here or o.creator == me}
+        return leaked, lost
+
+
+def sysv_objects() -> set[tuple[str, int, int]]:
+    """(kind, key, id) of every System V segment and semaphore set on the machine."""
+    return {(o.kind, int(o.key), o.ident) for o in sysv_listing()}
+
+
+def port_objects(port: int) -> set[tuple[str, int, int]]:
+    """(kind, key, id) of the shmchat segments and semaphores keyed by ``port``."""
+    return {(o.kind, int(o.key), o.ident) for o in sysv_listing() if o.port == port}
 
 
 @pytest.fixture(autouse=True)
 def ipcs_unchanged() -> Iterator[None]:
-    before = sysv_objects()
+    """Fail a test whose servers leave an IPC object behind (see ``TestObjects``)."""
+    STARTED_PORTS.clear()
+    objects = TestObjects()
     yield
-    deadline = time.monotonic() + 5
-    while _visible(sysv_objects()) != _visible(before) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 5  # servers get a few seconds to clean up after a stop
+    while (changes := objects.compare()) != (set(), set()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    after, expected = _visible(sysv_objects()), _visible(before)
-    assert after == expected, f"IPC objects leaked: {after - expected}, vanished: {expected - after}"
+    leaked, lost = changes
+    assert not leaked and not lost, f"IPC objects leaked: {leaked}, lost: {lost}"
 
 
 # -- the server -------------------------------------------------------------------

@@ -7,6 +7,7 @@ polling ``wait_until`` (the tests wait for events, never for fixed times).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -19,6 +20,7 @@ from typing import TypeVar
 from conftest import port_objects  # noqa: F401  (the fault tests import it from here)
 
 from shm.segments import ServerIpc
+from syscalls.processes import process_state
 
 T = TypeVar("T")
 
@@ -95,13 +97,27 @@ def ipcs_counts(objects: set[tuple[str, int, int]]) -> str:
 
 
 @contextmanager
-def attached(port: int):
-    """Attach to a running server's tables (detached again on exit)."""
+def attached(port: int, patience: float = 10.0):
+    """Attach to a running server's tables (detached again on exit).
+
+    The test waits at most ``patience`` seconds for a table lock, then fails
+    naming the holder: a worker that a test stopped with SIGSTOP while it held
+    a lock would otherwise hold the test in semop for ever (until pytest's
+    120 s timeout), since only the server's parent breaks such stalls.
+    """
     ipc = ServerIpc.attach(port)
+    for obj, lock in ipc.locks.items():
+        lock.patience = patience
+        lock.on_stuck = functools.partial(_lock_stuck, obj.name, patience)
     try:
         yield ipc
     finally:
         ipc.close()
+
+
+def _lock_stuck(name: str, patience: float, holder: int) -> None:
+    state = process_state(holder)
+    raise AssertionError(f"the {name} lock has been held for {patience} s by pid {holder} (state {state})")
 
 
 def lock_values(ipc: ServerIpc) -> dict[str, int]:

@@ -16,24 +16,47 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 
 import pytest
-from conftest import ROOT, ServerProcess, port_objects, python_env
+import sysv_ipc
+from conftest import ROOT, STARTED_PORTS, TIMEOUT, ServerProcess, port_objects, python_env
 from procinfo import attached, spool_files, spool_of, wait_until
 from test_faults import announce, send_file, sha, worker_pid
 
+from shm import layout
 from shm.directory import MAX_GROUPS_PER_ADMIN
 from shm.layout import RECORD_HEADER_SIZE, IpcObject
 from shm.locks import BinaryLock
+from syscalls.processes import process_state
 
 BIG = "z" * 60000  # five of these fill a 256 KiB mailbox
 
 
 @contextmanager
-def stopped(pid: int):
-    """A worker that lags: stopped with SIGSTOP, always continued afterwards."""
-    os.kill(pid, signal.SIGSTOP)
+def stopped(port: int, pid: int):
+    """A worker that lags: stopped with SIGSTOP outside any table lock, always continued afterwards.
+
+    A lagging worker holds no lock: it is slow to read its mailbox.  A stop
+    that lands inside a critical section (the worker taking its mail, which a
+    busy machine makes likely) would instead stall everyone who needs that
+    lock, this test too.  So the worker is stopped, and if it turns out to hold
+    a lock it is continued and stopped again a moment later.
+    """
+    semaphores = [sysv_ipc.Semaphore(layout.ipc_key(port, obj)) for obj in layout.SEMAPHORES]
+
+    def stop_outside_locks() -> bool:
+        os.kill(pid, signal.SIGSTOP)
+        wait_until(lambda: process_state(pid) == "T", what=f"worker {pid} to stop")
+        # A held lock reads 0, and its last semop was its holder's.  (A stopped
+        # process waits in no semop: the stop interrupts the wait.)
+        if any(sem.value == 0 and sem.last_pid == pid for sem in semaphores):
+            os.kill(pid, signal.SIGCONT)
+            return False
+        return True
+
+    wait_until(stop_outside_locks, what=f"worker {pid} stopped while it holds no table lock")
     try:
         yield
     finally:
@@ -81,15 +104,24 @@ def a_full_mailbox(server: ServerProcess, connect):
     Two more clients do the filling (see ``fill_mailbox``).
     """
     a, b, flooder, topper = connect(), connect(), connect(), connect()
+    # The parent's "joined" notices must be in b's hands before b lags: one
+    # arriving in the stopped mailbox later would take the room measured for the topper.
+    b.expect(rf"client {flooder.id} joined")
+    b.expect(rf"client {topper.id} joined")
     b_worker = worker_pid(server.port, b.id)
-    with stopped(b_worker):
+    with stopped(server.port, b_worker):
         fill_mailbox(server, flooder, topper, b.id)
         yield a, b, b_worker
 
 
 def run_to_end(*args: str) -> subprocess.CompletedProcess:
-    """A server that is expected to refuse to start: run it and collect what it said."""
-    command = [sys.executable, "-m", "server", "--log-level", "WARNING", *args]
+    """A server that is expected to refuse to start: run it and collect what it said.
+
+    It gets a free port that the leak check watches (``STARTED_PORTS``).
+    """
+    port = free_port()
+    STARTED_PORTS.add(port)
+    command = [sys.executable, "-m", "server", "--port", str(port), "--log-level", "WARNING", *args]
     return subprocess.run(command, cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=30)
 
 
@@ -176,8 +208,8 @@ def free_port() -> int:
 @pytest.mark.parametrize("fault", ["eventfd:3:EMFILE", "semget:2:ENOSPC", "shmget:2:ENOMEM"])
 def test_a_failed_start_says_one_line_exits_1_and_leaves_nothing(fault, env, tmp_path):
     env("SHMCHAT_FAULTS", fault)
-    port = free_port()
-    proc = run_to_end("--port", str(port), "--spool-dir", str(tmp_path / "spool"))
+    proc = run_to_end("--spool-dir", str(tmp_path / "spool"))
+    port = int(proc.args[proc.args.index("--port") + 1])
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1
     assert len(lines) == 1 and lines[0].startswith("shmchat-server: cannot"), proc.stderr
@@ -214,8 +246,29 @@ def test_at_sigterm_a_lagging_worker_still_gets_its_goodbye(server, connect):
         server.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: "a goodbye waits for room" in server.log(), what="the goodbye to wait")
     b.expect(r"^\[bye\] the server is shutting down")
-    assert server.stop() == 0
+    assert server.proc.wait(TIMEOUT) == 0  # that one SIGTERM stops it: no second one is sent
     assert "killing it" not in server.log()
+
+
+@pytest.mark.parametrize("again", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_repeated_during_shutdown_does_not_change_the_exit_status(again, server, connect):
+    a = connect()
+    server.proc.send_signal(signal.SIGTERM)
+    # Until it has exited, signal it again every millisecond: during the
+    # goodbyes, the removal of the tables, and the interpreter's finalization.
+    deadline = time.monotonic() + TIMEOUT
+    repeated = 0
+    while server.proc.poll() is None and time.monotonic() < deadline:
+        server.proc.send_signal(again)
+        repeated += 1
+        try:
+            server.proc.wait(0.001)
+        except subprocess.TimeoutExpired:
+            pass
+    code = server.proc.wait(TIMEOUT)
+    assert code == 0, f"exit status {code} after {repeated} repeated {again.name}"
+    a.expect(r"^\[bye\] the server is shutting down")
+    assert "Traceback" not in server.log()
 
 
 # -- 6. spool trouble after an upload ------------------------------------------------------
@@ -239,7 +292,7 @@ def test_a_link_refused_with_enospc_is_one_result_line_and_the_worker_lives(env,
 def test_a_second_server_refuses_a_spool_folder_a_live_server_uses(start_server, tmp_path):
     first = start_server()
     shared = spool_of(first)
-    second = run_to_end("--port", "0", "--spool-dir", str(shared))
+    second = run_to_end("--spool-dir", str(shared))
     assert second.returncode == 1
     assert "another shmchat server is using this spool folder" in second.stderr
     assert first.proc.poll() is None
@@ -305,6 +358,25 @@ def test_shutdown_is_not_stalled_by_a_stopped_lock_holder(start_server, connect)
     assert server.stop(signal.SIGTERM) == 0
     b.expect(r"^\[bye\] the server is shutting down")
     assert port_objects(server.port) == set()
+
+
+def test_a_test_that_needs_a_lock_a_stopped_worker_holds_fails_naming_it(start_server, connect):
+    # What made test_at_sigterm_a_lagging_worker_still_gets_its_goodbye hang for
+    # 120 s: only the server's parent breaks a stall, and a test reading the tables
+    # waited in semop for ever.  procinfo.attached bounds the test's own waits.
+    server = start_server("--lesson-hooks")
+    a = connect(target=server)
+    a.send("/holdlock messages")
+    key = server_key(server.port, IpcObject.MESSAGES_SEMAPHORE)
+    wait_until(lambda: BinaryLock.attach(key).value == 0, what="the lock to be held")
+    holder = worker_pid_unlocked(server, a)
+    os.kill(holder, signal.SIGSTOP)
+    try:
+        held = rf"MESSAGES_SEMAPHORE lock .* by pid {holder} \(state T\)"
+        with pytest.raises(AssertionError, match=held), attached(server.port, patience=0.5) as ipc:
+            ipc.messages.stats()
+    finally:
+        os.kill(holder, signal.SIGCONT)
 
 
 def server_key(port: int, obj: IpcObject) -> int:

@@ -14,11 +14,15 @@ CPU, logging each time.  Two answers, as libev and libuv give them:
 
 Service resumes by itself when descriptors free up, and the log gets at most
 one line a second (``Throttled``).
+
+The socket is of the family of the address it is given (IPv4 or IPv6), and
+``::`` takes IPv4 clients too where the system allows (``listening_socket``).
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 import selectors
@@ -37,6 +41,35 @@ OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 #: How long the listener is left unwatched when even the reserve could not help.
 PAUSE_SECONDS = 1.0
 NO_DESCRIPTORS = "the server has no file descriptors left for you right now; try again later"
+#: What a newcomer is told when its address already holds --max-per-address connections.
+ADDRESS_FULL = (
+    "connection limit per address reached: {host} already has {count} connection(s) "
+    "(at most {limit} from one address); try again when one of them leaves"
+)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host``, an IPv4 or IPv6 address (or a name).
+
+    The family is the address's own (getaddrinfo).  ``::``, every IPv6 address,
+    also takes IPv4 clients where the system allows (IPV6_V6ONLY off): they
+    appear as ``::ffff:a.b.c.d``, which ``peer_host`` unwraps.
+    """
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    dual_stack = (
+        family == socket.AF_INET6
+        and ipaddress.ip_address(address[0]).is_unspecified
+        and socket.has_dualstack_ipv6()
+    )
+    return socket.create_server(address, family=family, backlog=128, dualstack_ipv6=dual_stack)
+
+
+def peer_host(host: str) -> str:
+    """A peer's address as ``accept`` gives it; an IPv4 client of a dual-stack socket as plain IPv4."""
+    mapped = getattr(ipaddress.ip_address(host), "ipv4_mapped", None)
+    return str(mapped) if mapped is not None else host
 
 
 class Throttled:

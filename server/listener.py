@@ -17,6 +17,8 @@ one line a second (``Throttled``).
 
 The socket is of the family of the address it is given (IPv4 or IPv6), and
 ``::`` takes IPv4 clients too where the system allows (``listening_socket``).
+A newcomer whose address already holds --max-per-address connections is
+turned away here too (``turned_away``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from collections.abc import Iterator
 
 from protocol import replies
 from protocol.framing import encode_line
+from server.config import ServerConfig
 from syscalls import faults
 
 log = logging.getLogger(__name__)
@@ -49,14 +52,14 @@ ADDRESS_FULL = (
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host``, an IPv4 or IPv6 address (or a name).
+    """A listening TCP socket on ``host``, an IPv4 or IPv6 address or a name (``""``: every IPv4 one).
 
     The family is the address's own (getaddrinfo).  ``::``, every IPv6 address,
     also takes IPv4 clients where the system allows (IPV6_V6ONLY off): they
     appear as ``::ffff:a.b.c.d``, which ``peer_host`` unwraps.
     """
     family, _, _, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
     dual_stack = (
         family == socket.AF_INET6
@@ -70,6 +73,25 @@ def peer_host(host: str) -> str:
     """A peer's address as ``accept`` gives it; an IPv4 client of a dual-stack socket as plain IPv4."""
     mapped = getattr(ipaddress.ip_address(host), "ipv4_mapped", None)
     return str(mapped) if mapped is not None else host
+
+
+def turned_away(conn: socket.socket, host: str, held: list[str], config: ServerConfig) -> bool:
+    """Refuse ``conn`` if ``host`` already holds its --max-per-address connections.
+
+    ``held`` has the peer host of every connection being served: the parent
+    counts its own workers, so a connection is freed when its worker is
+    reaped.  A full server gives the spec's refusal instead, so this is asked
+    only when there is room.
+    """
+    limit = config.address_limit(host)
+    if limit is None or len(held) >= config.max_clients:
+        return False
+    count = held.count(host)
+    if count < limit:
+        return False
+    log.info("refused %s: it already has %d connections (--max-per-address %d)", host, count, limit)
+    refuse(conn, replies.error(ADDRESS_FULL.format(host=host, count=count, limit=limit)))
+    return True
 
 
 class Throttled:
@@ -124,7 +146,7 @@ class Listener:
         selector.register(self.sock, selectors.EVENT_READ, "accept")
 
     def accept(self) -> Iterator[tuple[socket.socket, tuple[str, int]]]:
-        """Every connection waiting now (accept4(2) until EAGAIN)."""
+        """Every connection waiting now (accept4(2) until EAGAIN), with its peer's host and port."""
         while True:
             try:
                 conn, addr = self._accept()
@@ -136,7 +158,7 @@ class Listener:
                     return
                 log.info("accept failed: %s", exc)  # that one connection is gone; the next may be fine
                 continue
-            yield conn, addr
+            yield conn, (peer_host(addr[0]), addr[1])
 
     def _out_of_resources(self, exc: OSError) -> None:
         self._failed("accept failed: %s; refusing newcomers until resources free up", exc)

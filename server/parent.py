@@ -37,13 +37,12 @@ from dataclasses import dataclass
 
 import sysv_ipc
 
-from protocol import replies
-from protocol.wire import format_address
+from protocol import replies, wire
 from server import handlers
 from server.caller import Caller
 from server.config import ServerConfig
 from server.doorbells import Doorbells
-from server.listener import ADDRESS_FULL, Listener, Throttled, listening_socket, peer_host, refuse
+from server.listener import Listener, Throttled, listening_socket, refuse, turned_away
 from server.outbox import Delivery, Outbox
 from server.spool import Spool, SpoolInUse, decode_file_notice, encode_file_result
 from server.worker import describe_exit, run_worker
@@ -102,8 +101,7 @@ class ChatServer:
         try:
             sock = listening_socket(cfg.host, cfg.port)
         except OSError as exc:
-            where = format_address(cfg.host, cfg.port)
-            raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+            raise StartupError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from exc
         host, port = sock.getsockname()[:2]
         try:
             self.listener = Listener(sock)
@@ -190,36 +188,16 @@ class ChatServer:
     def accept_all(self) -> None:
         assert self.listener is not None and self.ipc is not None
         for conn, addr in self.listener.accept():
-            host = peer_host(addr[0])
-            if self.refused_by_address(conn, host):
+            if turned_away(conn, addr[0], [child.host for child in self.children.values()], self.config):
                 continue
-            info = self.ipc.directory.claim_slot(host, addr[1])
+            info = self.ipc.directory.claim_slot(addr[0], addr[1])
             if info is None:
-                log.info(
-                    "refused %s: all %d slots in use", format_address(host, addr[1]), self.config.max_clients
-                )
+                log.info("refused %s:%d: all %d slots in use", addr[0], addr[1], self.config.max_clients)
                 refuse(conn)
                 continue
             if self.tracer is not None:
                 self.tracer.accept(info.slot, info.client_id)  # before the fork: names the slot's ring
-            self.spawn(conn, Caller(info.slot, info.generation, info.client_id), host)
-
-    def refused_by_address(self, conn: socket.socket, host: str) -> bool:
-        """Refuse ``conn`` if ``host`` already holds its --max-per-address connections.
-
-        The parent counts its own children, so a connection is freed when its
-        worker is reaped.  A full server gives the spec's refusal instead: it
-        is checked first (each child holds one slot).
-        """
-        limit = self.config.address_limit(host)
-        if limit is None or len(self.children) >= self.config.max_clients:
-            return False
-        count = sum(1 for child in self.children.values() if child.host == host)
-        if count < limit:
-            return False
-        log.info("refused %s: it already has %d connections (--max-per-address %d)", host, count, limit)
-        refuse(conn, replies.error(ADDRESS_FULL.format(host=host, count=count, limit=limit)))
-        return True
+            self.spawn(conn, Caller(info.slot, info.generation, info.client_id), addr[0])
 
     def spawn(self, conn: socket.socket, caller: Caller, host: str) -> None:
         assert self.ipc is not None and self.doorbells is not None and self.spool is not None
@@ -413,7 +391,7 @@ def run(config: ServerConfig) -> int:
         server.shutdown()
         return 1
     print(
-        f"shmchat server listening on {format_address(host, port)} "
+        f"shmchat server listening on {wire.format_address(host, port)} "
         f"(pid {os.getpid()}, up to {config.max_clients} clients; Ctrl-C stops it)",
         flush=True,
     )

@@ -13,7 +13,11 @@ from protocol.framing import BadLine, Line, LineFramer
 
 def refused_by_category(ch: str) -> bool:
     """The rule as the module's docstring states it, from the Unicode database."""
-    return ch not in ALLOWED and (unicodedata.category(ch) in ("Cc", "Cf") or ch in "\u2028\u2029")
+    if ch in ALLOWED:
+        return False
+    if "\U000e0000" <= ch <= "\U000e007f" or ch in "\u2028\u2029":
+        return True
+    return unicodedata.category(ch) == "Cc" or (unicodedata.category(ch) == "Cf" and ch <= "\uffff")
 
 
 @pytest.mark.skipif(
@@ -76,6 +80,11 @@ def test_the_framer_discards_a_line_holding_a_control_with_the_reason_and_goes_o
     assert first.reason.startswith("the line holds the control character U+001B at character 15:")
     assert first.reason.endswith("; discarded")
     assert second == Line("/send 12345 fine")  # the trailing \r of a CRLF line is no control
+
+
+def test_tag_characters_are_refused_but_format_signs_of_historic_scripts_pass():
+    assert find_refused("flag \U0001f3f4\U000e0067\U000e0062\U000e007f") is not None  # hidden letters
+    assert find_refused("\U00013430") is None  # EGYPTIAN HIEROGLYPH VERTICAL JOINER
 
 
 def test_a_long_line_is_checked_in_linear_time():

@@ -54,18 +54,24 @@ ADDRESS_FULL = (
 def listening_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host``, an IPv4 or IPv6 address or a name (``""``: every IPv4 one).
 
-    The family is the address's own (getaddrinfo).  ``::``, every IPv6 address,
-    also takes IPv4 clients where the system allows (IPV6_V6ONLY off): they
-    appear as ``::ffff:a.b.c.d``, which ``peer_host`` unwraps.
+    The family is the address's own; only a name goes to the resolver
+    (getaddrinfo, which also loads the ``idna`` codec: a server that drops
+    its privileges after its imports may no longer be able to).  ``::``,
+    every IPv6 address, also takes IPv4 clients where the system allows
+    (IPV6_V6ONLY off): they appear as ``::ffff:a.b.c.d``, which ``peer_host``
+    unwraps.
     """
-    family, _, _, _, address = socket.getaddrinfo(
-        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    dual_stack = (
-        family == socket.AF_INET6
-        and ipaddress.ip_address(address[0]).is_unspecified
-        and socket.has_dualstack_ipv6()
-    )
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:  # a name, or "" for every address
+        family, _, _, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        literal = ipaddress.ip_address(address[0])
+    else:
+        family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+        address = (host, port)
+    dual_stack = family == socket.AF_INET6 and literal.is_unspecified and socket.has_dualstack_ipv6()
     return socket.create_server(address, family=family, backlog=128, dualstack_ipv6=dual_stack)
 
 

@@ -191,6 +191,16 @@ def test_the_real_client_says_before_sending_that_a_line_would_be_refused(server
     assert b"MARK1" not in rx.raw
 
 
+def test_the_real_client_shows_emoji_and_words_joined_with_zwj_and_zwnj_as_they_are(
+    server, peers, line_client
+):
+    a = peers(server.port)
+    rx = line_client("rx")
+    persian = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"
+    a.send(f"/send {rx.id} 👩\u200d💻 {persian}")
+    assert rx.expect(rf"^\[msg from {a.id}\] ").string == f"[msg from {a.id}] 👩\u200d💻 {persian}"
+
+
 # -- 3. connections per address -------------------------------------------------------
 
 

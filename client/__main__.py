@@ -12,12 +12,14 @@ import socket
 import sys
 
 from client.files import default_download_quota
-from protocol.wire import DEFAULT_PORT
+from protocol.wire import DEFAULT_PORT, format_address
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="shmchat-client", description="Chat with a shmchat server.")
-    parser.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="server address or name, IPv4 or IPv6 (default: %(default)s)"
+    )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="server port (default: %(default)s)")
     parser.add_argument(
         "--download-dir", default="downloads", help="where received files are saved (default: ./%(default)s)"
@@ -41,11 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    server = format_address(args.host, args.port)
     try:
-        sock = socket.create_connection((args.host, args.port), timeout=10)
+        sock = socket.create_connection((args.host, args.port), timeout=10)  # getaddrinfo: IPv4 or IPv6
     except OSError as exc:
         print(
-            f"shmchat-client: cannot connect to {args.host}:{args.port}: {exc.strerror or exc}",
+            f"shmchat-client: cannot connect to {server}: {exc.strerror or exc}",
             file=sys.stderr,
         )
         return 1
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if sys.stdin.isatty() and not args.line_mode:
         from client.interactive import run_interactive
 
-        return run_interactive(sock, args.download_dir, f"{args.host}:{args.port}", quota)
+        return run_interactive(sock, args.download_dir, server, quota)
     from client.linemode import run_line_mode
 
     return run_line_mode(sock, args.download_dir, quota)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import unicodedata
 
+from protocol.controls import ALLOWED
+
 
 def printable(text: str) -> str:
-    """``text`` with control and format characters shown as escapes."""
+    """``text`` with control and format characters shown as escapes (TAB, ZWJ and ZWNJ kept)."""
     out = []
     for ch in text:
-        if ch == "\t":
+        if ch in ALLOWED:  # as the protocol allows them: emoji sequences and some scripts need the joiners
             out.append(ch)
         elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") or ch in "\u2028\u2029":
             code = ord(ch)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from client.files import CHUNK_BYTES, IncomingFile, OutgoingFile, safe_name, sha256_of
 from protocol import commands, replies
+from protocol.controls import find_refused
 from protocol.framing import NEED_DATA, BadLine, Data, DataEnd, Line, LineFramer, encode_line, queue_unsent
 
 RECV_BYTES = 256 * 1024
@@ -84,6 +85,10 @@ class ClientSession:
         if words and words[0].lower() == "/sendfile" and not self._is_wire_sendfile(line):
             self.start_upload(words[1:])
             return
+        refused = find_refused(line)
+        if refused is not None:  # the server would discard it: say so now, in the same words
+            self.emit(replies.error(f"{refused}; not sent"))
+            return
         if words and words[0].lower() in ("/quit", "exit"):
             self.quit_sent = True
         self.out += encode_line(line)
@@ -120,7 +125,12 @@ class ClientSession:
             return
         # Announce a clean name: one with only spaces, say, would be refused by the
         # server's parser with a plain [error], and no [upload] answer would come.
-        outgoing = OutgoingFile(target, path, safe_name(os.path.basename(path)), size, digest)
+        name = safe_name(os.path.basename(path))
+        refused = find_refused(name)  # U+2028 and U+2029 are left by safe_name
+        if refused is not None:
+            self.emit(replies.error(f"/sendfile: in the file's name, {refused}; nothing was sent"))
+            return
+        outgoing = OutgoingFile(target, path, name, size, digest)
         self.awaiting_ready.append(outgoing)
         self.out += encode_line(commands.format_sendfile(target, size, digest, outgoing.name))
 

@@ -23,6 +23,7 @@ import shutil
 import time
 
 from inspector.screen import Cell, Screen, id_cell, ids_cells
+from protocol.wire import format_address
 from shm import layout
 from shm.layout import IpcObject, RecordKind
 from shm.segments import IpcEntry
@@ -160,7 +161,7 @@ def _render_clients(screen: Screen, snap: Snapshot, now: float) -> None:
                 [("good", "online")],
                 [id_cell(client.client_id)],
                 [("", f"{client.pid} "), ("bad" if bad else "dim", state_word)],
-                [("", f"{client.peer_host}:{client.peer_port}")],
+                [("", format_address(client.peer_host, client.peer_port))],
                 [("", _clock(client.connected_at)), ("dim", f" ({_age(now - client.connected_at)})")],
                 [("", str(client.sent))],
                 [("", str(client.received))],

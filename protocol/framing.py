@@ -20,12 +20,15 @@ Denial-of-service thinking:
   stopped instead of rescanning the buffer.
 * Memory is O(MAX_LINE_BYTES): a line that grows past the cap is reported
   once and then skipped up to its newline without being kept.
-* Invalid UTF-8 is an event, never an exception that could end a worker.
+* Invalid UTF-8 is an event, never an exception that could end a worker;
+  so is a line holding a terminal or format control (``protocol.controls``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from protocol.controls import find_refused
 
 #: Longest line accepted, newline excluded (Redis calls this its inline limit).
 MAX_LINE_BYTES = 64 * 1024
@@ -191,9 +194,11 @@ class LineFramer:
             if len(raw) > self.max_line:
                 return BadLine(f"line too long ({len(raw)} bytes, limit {self.max_line}); discarded")
             try:
-                return raw.decode("utf-8")
+                text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 return BadLine(f"line is not valid UTF-8 (byte {exc.start}); discarded")
+            refused = find_refused(text)  # terminal and format controls: see protocol.controls
+            return text if refused is None else BadLine(f"{refused}; discarded")
 
     def _next_raw(self) -> Event:
         assert self._raw_left is not None

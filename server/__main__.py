@@ -7,7 +7,7 @@ import logging
 import sys
 
 from protocol.wire import DEFAULT_PORT
-from server.config import MiB, ServerConfig
+from server.config import DEFAULT_MAX_PER_ADDRESS, MiB, ServerConfig
 from server.parent import run
 from shm import layout
 
@@ -39,6 +39,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=100 * MiB,
         help="largest file /sendfile accepts, in bytes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-per-address",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"connections one address may hold at once; 0: no limit (default: {DEFAULT_MAX_PER_ADDRESS}, "
+        "and only for addresses beyond loopback; given, it applies to loopback too)",
     )
     parser.add_argument(
         "--spool-dir", default=None, help="folder for files in transit (default: a private temp folder)"
@@ -78,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--max-clients must be 1-{layout.MAX_CLIENTS_LIMIT}")
     if not 1 <= args.max_groups <= 1024:
         parser.error("--max-groups must be 1-1024")
+    if args.max_per_address is not None and args.max_per_address < 0:
+        parser.error("--max-per-address must not be negative")
     if args.max_file_size < 0:
         parser.error("--max-file-size must not be negative")
     for flag in ("spool_quota", "spool_quota_per_receiver"):
@@ -104,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         spool_quota_per_receiver=args.spool_quota_per_receiver,
         lesson_hooks=args.lesson_hooks,
         trace=args.trace,
+        max_per_address=args.max_per_address,
     )
     return run(config)
 

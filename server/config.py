@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tempfile
 from dataclasses import dataclass
@@ -11,6 +12,11 @@ from server.spool import Quotas
 from shm import layout
 
 MiB = 1024 * 1024
+#: Connections one address may hold at once unless ``--max-per-address`` says
+#: otherwise, counted only for peers beyond loopback.  ngIRCd's MaxConnectionsIP
+#: is 5 too: a student may open several terminals (the demo opens three), and
+#: one machine can never take more than 5 seats of a room.
+DEFAULT_MAX_PER_ADDRESS = 5
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,11 @@ class ServerConfig:
     lesson_hooks: bool = False
     #: Record every IPC step in the trace table (``python -m shm trace``).
     trace: bool = False
+    #: Connections one peer address may hold at once (0: no limit).  None means
+    #: DEFAULT_MAX_PER_ADDRESS for peers beyond loopback only, so that the
+    #: multi-terminal demo on one machine keeps every slot; a number given
+    #: explicitly applies to every address, loopback included.
+    max_per_address: int | None = None
 
     def spool_quotas(self, folder: str) -> Quotas:
         """The spool's quotas: those given, or the defaults (``Quotas.for_folder``)."""
@@ -55,3 +66,11 @@ class ServerConfig:
         if self.spool_dir:
             return self.spool_dir
         return os.path.join(tempfile.gettempdir(), f"shmchat-{os.geteuid()}-{port}-spool")
+
+    def address_limit(self, host: str) -> int | None:
+        """How many connections ``host`` (a peer address) may hold at once; None: no limit."""
+        if self.max_per_address is not None:
+            return self.max_per_address or None
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+        return DEFAULT_MAX_PER_ADDRESS

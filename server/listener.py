@@ -14,11 +14,17 @@ CPU, logging each time.  Two answers, as libev and libuv give them:
 
 Service resumes by itself when descriptors free up, and the log gets at most
 one line a second (``Throttled``).
+
+The socket is of the family of the address it is given (IPv4 or IPv6), and
+``::`` takes IPv4 clients too where the system allows (``listening_socket``).
+A newcomer whose address already holds --max-per-address connections is
+turned away here too (``turned_away``).
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 import selectors
@@ -28,6 +34,7 @@ from collections.abc import Iterator
 
 from protocol import replies
 from protocol.framing import encode_line
+from server.config import ServerConfig
 from syscalls import faults
 
 log = logging.getLogger(__name__)
@@ -37,6 +44,60 @@ OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 #: How long the listener is left unwatched when even the reserve could not help.
 PAUSE_SECONDS = 1.0
 NO_DESCRIPTORS = "the server has no file descriptors left for you right now; try again later"
+#: What a newcomer is told when its address already holds --max-per-address connections.
+ADDRESS_FULL = (
+    "connection limit per address reached: {host} already has {count} connection(s) "
+    "(at most {limit} from one address); try again when one of them leaves"
+)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host``, an IPv4 or IPv6 address or a name (``""``: every IPv4 one).
+
+    The family is the address's own; only a name goes to the resolver
+    (getaddrinfo, which also loads the ``idna`` codec: a server that drops
+    its privileges after its imports may no longer be able to).  ``::``,
+    every IPv6 address, also takes IPv4 clients where the system allows
+    (IPV6_V6ONLY off): they appear as ``::ffff:a.b.c.d``, which ``peer_host``
+    unwraps.
+    """
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:  # a name, or "" for every address
+        family, _, _, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        literal = ipaddress.ip_address(address[0])
+    else:
+        family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+        address = (host, port)
+    dual_stack = family == socket.AF_INET6 and literal.is_unspecified and socket.has_dualstack_ipv6()
+    return socket.create_server(address, family=family, backlog=128, dualstack_ipv6=dual_stack)
+
+
+def peer_host(host: str) -> str:
+    """A peer's address as ``accept`` gives it; an IPv4 client of a dual-stack socket as plain IPv4."""
+    mapped = getattr(ipaddress.ip_address(host), "ipv4_mapped", None)
+    return str(mapped) if mapped is not None else host
+
+
+def turned_away(conn: socket.socket, host: str, held: list[str], config: ServerConfig) -> bool:
+    """Refuse ``conn`` if ``host`` already holds its --max-per-address connections.
+
+    ``held`` has the peer host of every connection being served: the parent
+    counts its own workers, so a connection is freed when its worker is
+    reaped.  A full server gives the spec's refusal instead, so this is asked
+    only when there is room.
+    """
+    limit = config.address_limit(host)
+    if limit is None or len(held) >= config.max_clients:
+        return False
+    count = held.count(host)
+    if count < limit:
+        return False
+    log.info("refused %s: it already has %d connections (--max-per-address %d)", host, count, limit)
+    refuse(conn, replies.error(ADDRESS_FULL.format(host=host, count=count, limit=limit)))
+    return True
 
 
 class Throttled:
@@ -91,7 +152,7 @@ class Listener:
         selector.register(self.sock, selectors.EVENT_READ, "accept")
 
     def accept(self) -> Iterator[tuple[socket.socket, tuple[str, int]]]:
-        """Every connection waiting now (accept4(2) until EAGAIN)."""
+        """Every connection waiting now (accept4(2) until EAGAIN), with its peer's host and port."""
         while True:
             try:
                 conn, addr = self._accept()
@@ -103,7 +164,7 @@ class Listener:
                     return
                 log.info("accept failed: %s", exc)  # that one connection is gone; the next may be fine
                 continue
-            yield conn, addr
+            yield conn, (peer_host(addr[0]), addr[1])
 
     def _out_of_resources(self, exc: OSError) -> None:
         self._failed("accept failed: %s; refusing newcomers until resources free up", exc)

@@ -37,12 +37,12 @@ from dataclasses import dataclass
 
 import sysv_ipc
 
-from protocol import replies
+from protocol import replies, wire
 from server import handlers
 from server.caller import Caller
 from server.config import ServerConfig
 from server.doorbells import Doorbells
-from server.listener import Listener, Throttled, refuse
+from server.listener import Listener, Throttled, listening_socket, refuse, turned_away
 from server.outbox import Delivery, Outbox
 from server.spool import Spool, SpoolInUse, decode_file_notice, encode_file_result
 from server.worker import describe_exit, run_worker
@@ -66,6 +66,7 @@ _fork = faults.wrap("fork", os.fork)
 class Child:
     pid: int
     caller: Caller
+    host: str  # the peer's address, for --max-per-address
 
 
 class StartupError(Exception):
@@ -98,7 +99,7 @@ class ChatServer:
         """
         cfg = self.config
         try:
-            sock = socket.create_server((cfg.host, cfg.port), backlog=128, reuse_port=False)
+            sock = listening_socket(cfg.host, cfg.port)
         except OSError as exc:
             raise StartupError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from exc
         host, port = sock.getsockname()[:2]
@@ -189,6 +190,8 @@ class ChatServer:
     def accept_all(self) -> None:
         assert self.listener is not None and self.ipc is not None
         for conn, addr in self.listener.accept():
+            if turned_away(conn, addr[0], [child.host for child in self.children.values()], self.config):
+                continue
             info = self.ipc.directory.claim_slot(addr[0], addr[1])
             if info is None:
                 log.info("refused %s:%d: all %d slots in use", addr[0], addr[1], self.config.max_clients)
@@ -196,9 +199,9 @@ class ChatServer:
                 continue
             if self.tracer is not None:
                 self.tracer.accept(info.slot, info.client_id)  # before the fork: names the slot's ring
-            self.spawn(conn, Caller(info.slot, info.generation, info.client_id))
+            self.spawn(conn, Caller(info.slot, info.generation, info.client_id), addr[0])
 
-    def spawn(self, conn: socket.socket, caller: Caller) -> None:
+    def spawn(self, conn: socket.socket, caller: Caller, host: str) -> None:
         assert self.ipc is not None and self.doorbells is not None and self.spool is not None
         assert self.outbox is not None
         self.ipc.messages.open(caller.slot, caller.generation)
@@ -224,7 +227,7 @@ class ChatServer:
         if self.tracer is not None:
             self.tracer.fork(pid, caller.slot, caller.client_id)
         self.ipc.directory.set_worker_pid(caller.slot, caller.generation, pid)
-        self.children[pid] = Child(pid, caller)
+        self.children[pid] = Child(pid, caller, host)
         log.info("client %d connected (slot %d, worker %d)", caller.client_id, caller.slot, pid)
         # Announced once its worker exists: a newcomer that could not be given
         # one never arrived.  Its own mailbox does not get the notice.
@@ -391,7 +394,7 @@ def run(config: ServerConfig) -> int:
         server.shutdown()
         return 1
     print(
-        f"shmchat server listening on {host}:{port} "
+        f"shmchat server listening on {wire.format_address(host, port)} "
         f"(pid {os.getpid()}, up to {config.max_clients} clients; Ctrl-C stops it)",
         flush=True,
     )

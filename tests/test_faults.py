@@ -605,8 +605,7 @@ def test_file_names_cannot_leave_the_download_folder_or_the_spool(server, connec
         f"..\\..\\{tag}-4",
         f"~/{tag}-5",
         f"{tag}-6/../../../x",
-        "\x1b[31mred\x1b[0m",
-        "nul\x00name",
+        # (names with control characters are refused by the server: tests/test_room.py)
         "....",
         f"{'n' * 300}",
         f"../{tag}-7",  # the same name twice: never overwritten

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from protocol import commands
 from protocol.commands import CommandError
+from protocol.controls import find_refused
 from protocol.framing import (
     MAX_LINE_BYTES,
     NEED_DATA,
@@ -37,9 +38,10 @@ def expected_event(raw: bytes, cap: int) -> Line | str:
     if len(raw) > cap:
         return "too long"
     try:
-        return Line(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return "UTF-8"
+    return "control" if find_refused(text) else Line(text)
 
 
 def normalise(events: list) -> list:
@@ -47,8 +49,9 @@ def normalise(events: list) -> list:
     out = []
     for event in events:
         if isinstance(event, BadLine):
-            assert "too long" in event.reason or "UTF-8" in event.reason, event.reason
-            out.append("too long" if "too long" in event.reason else "UTF-8")
+            kinds = [kind for kind in ("too long", "UTF-8", "control") if kind in event.reason]
+            assert len(kinds) == 1, event.reason
+            out.append(kinds[0])
         else:
             out.append(event)
     return out

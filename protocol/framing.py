@@ -3,7 +3,8 @@
 No sockets here (the h11 idea): bytes go in with ``feed``, events come out of
 ``next_event``, one at a time.  Pulling one event at a time is what lets the
 caller switch to raw mode right after a file header line: the bytes behind
-the header are still in the buffer, untouched, when ``expect_raw`` is called.
+the header are still in the buffer, untouched, when it calls ``start_frame``
+(or ``expect_raw``, for a raw run of known length).
 
 Data frames (``[data ...] n`` / ``/data ... n``) have three verbs of their own,
 used by both ends: ``start_frame(n)`` when the header line has been read
@@ -154,16 +155,7 @@ class LineFramer:
             self._frame_ended_direct = True
 
     def next_event(self) -> Event:
-        event = self.next_line()
-        return Line(event) if isinstance(event, str) else event
-
-    def next_line(self) -> str | Event:
-        """``next_event``, with a complete line given as its bare text rather than a ``Line``.
-
-        For the server's worker, which handles every line a client sends:
-        building the frozen ``Line`` only to read its text at once cost a
-        tenth of the line's time in the framer.  Every other event is the same.
-        """
+        """The next event of the stream, or ``NEED_DATA`` when more bytes must be fed first."""
         if self._raw_left is not None:
             return self._next_raw()
         while True:
@@ -191,7 +183,7 @@ class LineFramer:
             if len(raw) > self.max_line:
                 return BadLine(f"line too long ({len(raw)} bytes, limit {self.max_line}); discarded")
             try:
-                return raw.decode("utf-8")
+                return Line(raw.decode("utf-8"))
             except UnicodeDecodeError as exc:
                 return BadLine(f"line is not valid UTF-8 (byte {exc.start}); discarded")
 

@@ -331,13 +331,8 @@ class Directory:
         """Tell every cache that the client list changed (caller holds the lock)."""
         offset = layout.SEGMENT_EPOCH_OFFSET
         epoch = layout.SEGMENT_EPOCH.unpack_from(self._clients_view, offset)[0]
-        self._clients_view[offset : offset + 4] = layout.SEGMENT_EPOCH.pack(
-            (epoch + 1) & 0xFFFFFFFF
-        )  # shm store
-
-    def all_slots(self) -> list[ClientInfo]:
-        with self.lock.held():
-            return self._all_clients()
+        # A store into shared memory: the new epoch, one aligned 4-byte field.
+        self._clients_view[offset : offset + 4] = layout.SEGMENT_EPOCH.pack((epoch + 1) & 0xFFFFFFFF)
 
     def snapshot(self) -> tuple[list[ClientInfo], list[GroupInfo]]:
         """Every client slot and every group, read under one hold (the inspector)."""

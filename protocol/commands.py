@@ -213,7 +213,8 @@ def _split_text(rest: str, command: str) -> tuple[str, str]:
     match = _ID_AND_TEXT.match(rest)
     if match is None or not match.group(2).strip():
         raise CommandError(f"{command}: a message is missing; {_usage(command)}")
-    return match.group(1), match.group(2)
+    target, text = match.groups()
+    return target, text
 
 
 def _no_arguments(name: str, rest: str) -> None:
@@ -229,13 +230,11 @@ def parse(line: str) -> Request:
         if line.strip():  # words run together by another kind of space (tab is fine)
             raise CommandError("separate the command and its arguments with spaces; type /help")
         raise CommandError("empty line; type /help for the list of commands")
-    word = match.group(1)
+    word, rest_verbatim = match.groups("")
     name = word.lower()
-    # Messages keep their inner spacing, so ``rest_verbatim`` is not stripped.
-    rest_verbatim = match.group(2) or ""
-    rest = rest_verbatim.strip()
 
     # The chat commands first: nearly every line a server reads is one of them.
+    # A message keeps its inner spacing, so ``rest_verbatim`` is not stripped.
     if name == "/send":
         target, text = _split_text(rest_verbatim, name)
         return Send(parse_id(target, "client", name), text)
@@ -246,6 +245,7 @@ def parse(line: str) -> Request:
         if not rest_verbatim.strip():
             raise CommandError(f"/broadcast: a message is missing; {_usage(name)}")
         return Broadcast(rest_verbatim)
+    rest = rest_verbatim.strip()
     if name in ("exit", "/quit"):
         if rest:
             shown = "EXIT" if name == "exit" else "/quit"

@@ -263,18 +263,20 @@ def handle(caller: Caller, request: Request, ipc: ServerIpc, uploads: Uploads | 
     their way to the spool (the worker's; without it, as in a unit test of
     the chat rules, they are refused with an error line).
     """
-    if isinstance(request, SendFile | DataFrame):
-        if uploads is None:
-            return Outcome(replies=[replies.error("files cannot be sent on this connection")])
-        if isinstance(request, SendFile):
-            return uploads.start(request)
-        outcome = uploads.open_frame(request)
-        outcome.frame = request.size
-        return outcome
-    try:
-        return HANDLERS[type(request)](caller, request, ipc)
-    except GroupError as exc:
-        return Outcome(replies=[replies.error(str(exc))])
+    handler = HANDLERS.get(type(request))
+    if handler is not None:
+        try:
+            return handler(caller, request, ipc)
+        except GroupError as exc:
+            return Outcome(replies=[replies.error(str(exc))])
+    assert isinstance(request, SendFile | DataFrame), f"no handler for {request!r}"
+    if uploads is None:
+        return Outcome(replies=[replies.error("files cannot be sent on this connection")])
+    if isinstance(request, SendFile):
+        return uploads.start(request)
+    outcome = uploads.open_frame(request)
+    outcome.frame = request.size
+    return outcome
 
 
 # -- departures (run by the parent after it reaps a worker) -----------------------

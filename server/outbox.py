@@ -25,7 +25,6 @@ reported.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
@@ -56,7 +55,8 @@ class Outbox:
     def __init__(self, messages: MessageTable, doorbells: Doorbells) -> None:
         self.messages = messages
         self.doorbells = doorbells
-        self.pending: deque[Delivery] = deque()
+        #: Deliveries not yet posted, in the order they were added.
+        self.pending: list[Delivery] = []
         #: A flush found a full mailbox: wait for its owner to ring back.
         self.blocked = False
         #: Records that reached a mailbox (a statistic for the client table).
@@ -77,8 +77,7 @@ class Outbox:
         if not self.pending:  # nothing to post: no lock to take
             self.blocked = False
             return []
-        batch = list(self.pending)
-        self.pending.clear()
+        batch, self.pending = self.pending, []
         results = self.messages.post([delivery.posting for delivery in batch])
         lines = []
         rung = set()

@@ -137,17 +137,17 @@ def _decode_records(data: bytes) -> list[Record]:
     return records
 
 
-def _runs(postings: list[Posting]) -> list[list[Posting]]:
-    """Split postings into runs of consecutive ones for the same slot and generation."""
-    runs: list[list[Posting]] = []
-    last = None
-    for posting in postings:
-        key = (posting.slot, posting.generation)
-        if key == last:
-            runs[-1].append(posting)
-        else:
-            runs.append([posting])
-            last = key
+def _runs(postings: list[Posting]) -> list[tuple[int, int]]:
+    """Where each run of consecutive postings for one slot and generation starts and ends."""
+    runs: list[tuple[int, int]] = []
+    start = 0
+    for index, posting in enumerate(postings):
+        first = postings[start]
+        if posting.slot != first.slot or posting.generation != first.generation:
+            runs.append((start, index))
+            start = index
+    if postings:
+        runs.append((start, len(postings)))
     return runs
 
 
@@ -234,19 +234,21 @@ class MessageTable:
     def post(self, postings: list[Posting]) -> list[PostResult]:
         """Post records under one hold of the lock: a read's lines, a broadcast, or one message.
 
-        Each distinct record is packed once, before the lock is taken: a
-        broadcast is one record for many receivers, and packing is no business
-        of the critical section.  Under the lock, each run of consecutive
+        Records are packed before the lock is taken, as packing is no business
+        of the critical section; a broadcast, one record for many receivers
+        posted one after the other, is packed once.  Under the lock, each run of consecutive
         postings to one mailbox (``_post_run``) costs one look at its header,
         one copy and one commit, whether it holds one record or hundreds.
         The results are in the order of ``postings``.
         """
         now = time.time()
-        packed: dict[int, bytes] = {}  # id(record) -> header + payload
+        packed: list[bytes] = []  # header + payload of each posting, in order
+        last: Record | None = None
         for posting in postings:
-            record = posting.record
-            if id(record) not in packed:
-                packed[id(record)] = self._pack(record, now)
+            if posting.record is not last:  # a broadcast's copies follow each other
+                last = posting.record
+                data = self._pack(last, now)
+            packed.append(data)
         results: list[PostResult] = []
         full: set[int] = set()  # once a mailbox is full, later posts to it wait too (order)
         # reserve/release is ``with lock.held()`` spelled out: this runs once for
@@ -254,11 +256,12 @@ class MessageTable:
         # generator and two calls to each.
         self.lock.reserve()
         try:
-            for run in _runs(postings):
+            for start, end in _runs(postings):
+                run = postings[start:end]
                 if run[0].slot in full:
                     results += [PostResult.FULL] * len(run)
                     continue
-                ran = self._post_run(run, [packed[id(posting.record)] for posting in run])
+                ran = self._post_run(run, packed[start:end])
                 if ran[-1] is PostResult.FULL:
                     full.add(run[0].slot)
                 results += ran

@@ -37,7 +37,7 @@ RAW_CHUNK_BYTES = 256 * 1024
 FRAME_HEADER_READ = 64
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Line:
     """A complete, decoded line without its terminator (``\\n`` or ``\\r\\n``)."""
 

@@ -282,7 +282,7 @@ class Worker:
                 self.apply(self.uploads.write(event.chunk))
             elif isinstance(event, DataEnd):
                 self.uploads.close_frame()
-            if len(outbox) >= FLUSH_BATCH:
+            if len(outbox.pending) >= FLUSH_BATCH:
                 self.flush_outbox()  # a long read: post what it has so far
         self.flush_outbox()
 

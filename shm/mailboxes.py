@@ -137,20 +137,6 @@ def _decode_records(data: bytes) -> list[Record]:
     return records
 
 
-def _runs(postings: list[Posting]) -> list[tuple[int, int]]:
-    """Where each run of consecutive postings for one slot and generation starts and ends."""
-    runs: list[tuple[int, int]] = []
-    start = 0
-    for index, posting in enumerate(postings):
-        first = postings[start]
-        if posting.slot != first.slot or posting.generation != first.generation:
-            runs.append((start, index))
-            start = index
-    if postings:
-        runs.append((start, len(postings)))
-    return runs
-
-
 class MessageTable:
     """The mailboxes of every slot in the messages segment."""
 
@@ -191,11 +177,12 @@ class MessageTable:
         """Copy ``data`` into a ring at ``position``: one store, two when it wraps."""
         start = self._bases[slot] + MAILBOX_HEADER_SIZE
         offset = position % self.mailbox_bytes
-        first = min(len(data), self.mailbox_bytes - offset)
+        size = len(data)
+        first = min(size, self.mailbox_bytes - offset)
         # A store into shared memory: this slice assignment copies the bytes into the ring.
         self._view[start + offset : start + offset + first] = data[:first]
-        if first < len(data):
-            self._view[start : start + len(data) - first] = data[first:]
+        if first < size:
+            self._view[start : start + size - first] = data[first:]
 
     def _ring_read(self, slot: int, position: int, length: int) -> bytes:
         start = self._bases[slot] + MAILBOX_HEADER_SIZE
@@ -236,19 +223,28 @@ class MessageTable:
 
         Records are packed before the lock is taken, as packing is no business
         of the critical section; a broadcast, one record for many receivers
-        posted one after the other, is packed once.  Under the lock, each run of consecutive
-        postings to one mailbox (``_post_run``) costs one look at its header,
-        one copy and one commit, whether it holds one record or hundreds.
+        posted one after the other, is packed once.  Under the lock, each run
+        of consecutive postings to one mailbox (``_post_run``) costs one look
+        at its header, one copy and one commit, whether it holds one record or
+        hundreds.
         The results are in the order of ``postings``.
         """
         now = time.time()
-        packed: list[bytes] = []  # header + payload of each posting, in order
-        last: Record | None = None
+        # The runs: consecutive postings for one mailbox, with their records packed.
+        runs: list[tuple[list[Posting], list[bytes]]] = []
+        slot = generation = -1
+        record: Record | None = None
         for posting in postings:
-            if posting.record is not last:  # a broadcast's copies follow each other
-                last = posting.record
-                data = self._pack(last, now)
-            packed.append(data)
+            if posting.record is not record:  # a broadcast's copies follow each other
+                record = posting.record
+                data = self._pack(record, now)
+            if posting.slot != slot or posting.generation != generation:
+                slot, generation = posting.slot, posting.generation
+                run: list[Posting] = []
+                run_data: list[bytes] = []
+                runs.append((run, run_data))
+            run.append(posting)
+            run_data.append(data)
         results: list[PostResult] = []
         full: set[int] = set()  # once a mailbox is full, later posts to it wait too (order)
         # reserve/release is ``with lock.held()`` spelled out: this runs once for
@@ -256,12 +252,11 @@ class MessageTable:
         # generator and two calls to each.
         self.lock.reserve()
         try:
-            for start, end in _runs(postings):
-                run = postings[start:end]
+            for run, run_data in runs:
                 if run[0].slot in full:
                     results += [PostResult.FULL] * len(run)
                     continue
-                ran = self._post_run(run, packed[start:end])
+                ran = self._post_run(run, run_data)
                 if ran[-1] is PostResult.FULL:
                     full.add(run[0].slot)
                 results += ran
@@ -289,11 +284,12 @@ class MessageTable:
         if not is_open or gen != first.generation:
             return [PostResult.GONE] * len(run)
         room = self.mailbox_bytes - (tail - head)
-        fit = size = 0
+        fit = size = 0  # the records that fit, and their bytes
         for piece in data:
-            if size + len(piece) > room:
+            grown = size + len(piece)
+            if grown > room:
                 break
-            size += len(piece)
+            size = grown
             fit += 1
         if fit:
             self._ring_write(slot, tail, b"".join(data[:fit]))

@@ -12,7 +12,7 @@ used by both ends: ``start_frame(n)`` when the header line has been read
 ``direct_left`` is not zero, the caller reads the rest of the frame from the
 socket straight into its file, ``read_size`` bytes at a time, and reports each
 read with ``raw_arrived``.  A large frame then never passes through the
-buffer, whose copies cost more than the reads.  Either way ``DataEnd`` is the
+buffer: no copy into it, and no copy out of it.  Either way ``DataEnd`` is the
 one event that says the frame is over.
 
 Denial-of-service thinking:

@@ -219,7 +219,8 @@ def mailbox_offset(slot: int, mailbox_bytes: int) -> int:
 # ---------------------------------------------------------------------------
 
 #: Events kept per ring; the oldest is overwritten by the newest.  A /send
-#: costs its sender's worker about six records and its receiver's three.
+#: writes about six records into its sender's worker's ring (wake, recv,
+#: lock, post, unlock, ring) and three into its receiver's (wake, take, send).
 TRACE_RECORDS_PER_RING = 1024
 
 #: client id of the ring's process (0 for the parent's ring; written by the

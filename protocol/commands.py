@@ -225,7 +225,8 @@ def _split_text(rest: str, command: str) -> tuple[str, str]:
     match = _ID_AND_TEXT.match(rest)
     if match is None or not match.group(2).strip():
         raise CommandError(f"{command}: a message is missing; {_usage(command)}")
-    return match.group(1), match.group(2)
+    target, text = match.groups()
+    return target, text
 
 
 def _no_arguments(name: str, rest: str) -> None:
@@ -233,42 +234,30 @@ def _no_arguments(name: str, rest: str) -> None:
         raise CommandError(f"{name} takes no arguments; {_usage(name)}")
 
 
-def _fast_id_and_text(rest: str) -> tuple[str, str] | None:
-    """``<5 digits> <message>`` split without a regex, or None if it is not that simple."""
-    if rest[5:6] == " " and rest[:5].isdigit() and rest[6:].strip():
-        return rest[:5], rest[6:]
-    return None
-
-
 def parse(line: str) -> Request:
     """Parse one line typed by a client into a request, or raise CommandError."""
     line = line.rstrip("\r\n")
-    # The fast path: chat messages come by the thousand, every other command
-    # now and then.  A lower-case command word, one space, and (for /send and
-    # /sendgroup) five digits and one more space give exactly what the
-    # general parser below would; anything else falls through to it.
-    if line.startswith("/send "):
-        split = _fast_id_and_text(line[6:])
-        if split is not None:
-            return Send(parse_id(split[0], "client", "/send"), split[1])
-    elif line.startswith("/broadcast "):
-        if line[11:].strip():
-            return Broadcast(line[11:])
-    elif line.startswith("/sendgroup "):
-        split = _fast_id_and_text(line[11:])
-        if split is not None:
-            return SendGroup(parse_id(split[0], "group", "/sendgroup"), split[1])
     match = _COMMAND_WORD.match(line)
     if match is None:
         if line.strip():  # words run together by another kind of space (tab is fine)
             raise CommandError("separate the command and its arguments with spaces; type /help")
         raise CommandError("empty line; type /help for the list of commands")
-    word = match.group(1)
+    word, rest_verbatim = match.groups("")
     name = word.lower()
-    # Messages keep their inner spacing, so ``rest_verbatim`` is not stripped.
-    rest_verbatim = match.group(2) or ""
-    rest = rest_verbatim.strip()
 
+    # The chat commands first: nearly every line a server reads is one of them.
+    # A message keeps its inner spacing, so ``rest_verbatim`` is not stripped.
+    if name == "/send":
+        target, text = _split_text(rest_verbatim, name)
+        return Send(parse_id(target, "client", name), text)
+    if name == "/sendgroup":
+        target, text = _split_text(rest_verbatim, name)
+        return SendGroup(parse_id(target, "group", name), text)
+    if name == "/broadcast":
+        if not rest_verbatim.strip():
+            raise CommandError(f"/broadcast: a message is missing; {_usage(name)}")
+        return Broadcast(rest_verbatim)
+    rest = rest_verbatim.strip()
     if name in ("exit", "/quit"):
         if rest:
             shown = "EXIT" if name == "exit" else "/quit"
@@ -289,16 +278,6 @@ def parse(line: str) -> Request:
     if name == "/activegroups" or name == "/activeallgroups":
         _no_arguments(name, rest)
         return ListGroups(everyone=name == "/activeallgroups")
-    if name == "/send":
-        target, text = _split_text(rest_verbatim, name)
-        return Send(parse_id(target, "client", name), text)
-    if name == "/sendgroup":
-        target, text = _split_text(rest_verbatim, name)
-        return SendGroup(parse_id(target, "group", name), text)
-    if name == "/broadcast":
-        if not rest_verbatim.strip():
-            raise CommandError(f"/broadcast: a message is missing; {_usage(name)}")
-        return Broadcast(rest_verbatim)
     if name == "/makegroup" or name == "/makegroupreq":
         tokens = rest.split()
         if not tokens:

@@ -3,7 +3,8 @@
 No sockets here (the h11 idea): bytes go in with ``feed``, events come out of
 ``next_event``, one at a time.  Pulling one event at a time is what lets the
 caller switch to raw mode right after a file header line: the bytes behind
-the header are still in the buffer, untouched, when ``expect_raw`` is called.
+the header are still in the buffer, untouched, when it calls ``start_frame``
+(or ``expect_raw``, for a raw run of known length).
 
 Data frames (``[data ...] n`` / ``/data ... n``) have three verbs of their own,
 used by both ends: ``start_frame(n)`` when the header line has been read
@@ -11,7 +12,7 @@ used by both ends: ``start_frame(n)`` when the header line has been read
 ``direct_left`` is not zero, the caller reads the rest of the frame from the
 socket straight into its file, ``read_size`` bytes at a time, and reports each
 read with ``raw_arrived``.  A large frame then never passes through the
-buffer, whose copies cost more than the reads.  Either way ``DataEnd`` is the
+buffer: no copy into it, and no copy out of it.  Either way ``DataEnd`` is the
 one event that says the frame is over.
 
 Denial-of-service thinking:
@@ -39,7 +40,7 @@ RAW_CHUNK_BYTES = 256 * 1024
 FRAME_HEADER_READ = 64
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Line:
     """A complete, decoded line without its terminator (``\\n`` or ``\\r\\n``)."""
 
@@ -157,16 +158,7 @@ class LineFramer:
             self._frame_ended_direct = True
 
     def next_event(self) -> Event:
-        event = self.next_line()
-        return Line(event) if isinstance(event, str) else event
-
-    def next_line(self) -> str | Event:
-        """``next_event``, with a complete line given as its bare text rather than a ``Line``.
-
-        For the server's worker, which handles every line a client sends:
-        building the frozen ``Line`` only to read its text at once cost a
-        tenth of the line's time in the framer.  Every other event is the same.
-        """
+        """The next event of the stream, or ``NEED_DATA`` when more bytes must be fed first."""
         if self._raw_left is not None:
             return self._next_raw()
         while True:
@@ -198,7 +190,7 @@ class LineFramer:
             except UnicodeDecodeError as exc:
                 return BadLine(f"line is not valid UTF-8 (byte {exc.start}); discarded")
             refused = find_refused(text)  # terminal and format controls: see protocol.controls
-            return text if refused is None else BadLine(f"{refused}; discarded")
+            return Line(text) if refused is None else BadLine(f"{refused}; discarded")
 
     def _next_raw(self) -> Event:
         assert self._raw_left is not None

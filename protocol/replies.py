@@ -58,25 +58,6 @@ def group_message(group_id: int, sender: int, text: str) -> str:
     return f"[group {group_id} from {sender}] {text}"
 
 
-# The same three chat lines as bytes on the wire, newline included, for the
-# receiving worker: its message arrives as UTF-8 bytes, and decoding them only
-# to encode the line again was a fifth of its time.  ``payload`` must be what
-# the functions above would encode as ``text``: valid UTF-8 without a newline.
-# tests/test_replies.py checks that both forms agree.
-
-
-def private_wire(sender: int, payload: bytes) -> bytes:
-    return b"[msg from %d] %b\n" % (sender, payload)
-
-
-def broadcast_wire(sender: int, payload: bytes) -> bytes:
-    return b"[broadcast from %d] %b\n" % (sender, payload)
-
-
-def group_message_wire(group_id: int, sender: int, payload: bytes) -> bytes:
-    return b"[group %d from %d] %b\n" % (group_id, sender, payload)
-
-
 def notice(text: str) -> str:
     return f"[server] {text}"
 

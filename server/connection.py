@@ -15,7 +15,7 @@ import logging
 import socket
 from collections.abc import Callable
 
-from protocol.framing import encode_line, queue_unsent
+from protocol.framing import queue_unsent
 from shm.trace import TraceWriter
 from syscalls import faults
 
@@ -55,8 +55,9 @@ class Connection:
             self._on_lost()
             return None
 
-    def say(self, line: str) -> None:
-        self.queue(encode_line(line.replace("\n", " ")))
+    def say(self, *lines: str) -> None:
+        """Queue lines for the client, in one piece; a newline inside a line becomes a space."""
+        self.queue("".join([line.replace("\n", " ") + "\n" for line in lines]).encode("utf-8"))
 
     def queue(self, data: bytes) -> None:
         """Queue bytes already on the wire's terms (whole lines), as ``say`` does a line."""

@@ -2,7 +2,7 @@
 
 The shared tables hold the mail; a doorbell only says "look now".  An eventfd
 is a kernel counter with a file descriptor, so a worker can wait for its
-socket and its doorbell in the same ``select``; ringing adds one, reading
+socket and its doorbell in the same ``epoll_wait``; ringing adds one, reading
 returns the sum and resets it, so a burst of posts costs the receiver one
 wake-up.  The parent creates every doorbell before its first fork and every
 worker inherits all of them: it reads its own and rings the others.

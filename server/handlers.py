@@ -1,17 +1,18 @@
 """Command handlers: from (caller, request, tables) to replies and deliveries.
 
-A handler reads and changes the shared tables through their methods (each
-takes its lock once), and returns what should happen next as plain data: the
-lines for the caller's own socket and the records to post into other
-clients' mailboxes.  It never touches a socket and never posts mail itself,
-so the worker stays in charge of flow control and the handlers read as a
-list of rules that a unit test can call directly.
+Every request a client sends comes through ``handle``, which always returns
+an ``Outcome``.  A handler reads and changes the shared tables through their
+methods (each takes its lock once), and returns what should happen next as
+plain data: the lines for the caller's own socket and the records to post
+into other clients' mailboxes.  It never touches a socket and never posts
+mail itself, so the worker stays in charge of flow control and the handlers
+read as a list of rules, one function per command, that a unit test can call
+directly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import commands, group_replies, replies
@@ -19,7 +20,9 @@ from protocol.commands import (
     Active,
     AnswerRequest,
     Broadcast,
+    DataFrame,
     DeclineGroup,
+    DownloadQuota,
     Help,
     JoinGroup,
     ListGroups,
@@ -27,23 +30,20 @@ from protocol.commands import (
     Quit,
     Request,
     Send,
+    SendFile,
     SendGroup,
 )
 from server.caller import Caller
+from server.downloads import Downloads
 from server.outbox import OFFLINE, Delivery
+from server.outcome import Outcome
+from server.uploads import Uploads
 from shm.directory import ClientInfo, GroupChange, GroupError, GroupInfo
 from shm.layout import RecordKind
 from shm.mailboxes import Posting, Record
 from shm.segments import ServerIpc
 
 SERVER_SLOT = -1  # sender slot of records posted by the parent
-
-
-@dataclass
-class Outcome:
-    replies: list[str] = field(default_factory=list)
-    deliveries: list[Delivery] = field(default_factory=list)
-    quit: bool = False
 
 
 def deliver(
@@ -62,15 +62,9 @@ def deliver(
     return Delivery(Posting(to.slot, to.generation, record), on_gone, to.client_id)
 
 
-def _delivery(to: ClientInfo, record: Record, on_gone: Callable[[str], str | None] | None = None) -> Delivery:
-    """``deliver`` for a client's chat message, built for the hot path.
-
-    The same tuples as ``deliver`` builds, made with ``tuple.__new__``: a named
-    tuple's own constructor is a Python function, and the route of every chat
-    message (``route_send`` and the others) builds two or three of them.
-    """
-    posting = tuple.__new__(Posting, (to.slot, to.generation, record))
-    return tuple.__new__(Delivery, (posting, on_gone, to.client_id))
+def _copies(recipients: Iterable[ClientInfo], record: Record) -> list[Delivery]:
+    """One record for several clients: ``MessageTable.post`` packs it once for all of them."""
+    return [Delivery(Posting(c.slot, c.generation, record), None, c.client_id) for c in recipients]
 
 
 def notices(recipients: Iterable[ClientInfo], line: str) -> list[Delivery]:
@@ -100,32 +94,19 @@ def handle_active(caller: Caller, request: Active, ipc: ServerIpc) -> Outcome:
     return Outcome(replies=[replies.active(caller.client_id, ids)])
 
 
-def _outcome(routed: Delivery | list[Delivery] | str) -> Outcome:
-    """A chat message's route (``route_*``) as an Outcome: the sender's line, or the deliveries."""
-    if isinstance(routed, str):
-        return Outcome(replies=[routed])
-    return Outcome(deliveries=[routed] if isinstance(routed, Delivery) else routed)
-
-
-def route_send(caller: Caller, request: Send, ipc: ServerIpc) -> Delivery | str:
-    """The rules of ``/send``: the private record's delivery, or the error line for the sender.
-
-    ``handle_send`` wraps this in an ``Outcome``; the worker calls it directly
-    for every chat message (``Worker.handle_line``), so the rules live here
-    once and the usual case skips the ``Outcome`` it would unpack at once.
-    """
+def handle_send(caller: Caller, request: Send, ipc: ServerIpc) -> Outcome:
+    """A private message: one delivery, or the line that says why not."""
     target_id = request.target
     if target_id == caller.client_id:
-        return replies.error(f"{target_id} is your own id; pick another client")
+        return Outcome(replies=[replies.error(f"{target_id} is your own id; pick another client")])
     target = ipc.directory.resolve(target_id)
     if isinstance(target, GroupInfo):
-        return replies.error(f"{target_id} is a group; use /sendgroup {target_id} <message>")
+        why = f"{target_id} is a group; use /sendgroup {target_id} <message>"
+        return Outcome(replies=[replies.error(why)])
     if target is None:
-        return replies.offline(target_id)
-    # Record(...) without the named tuple's constructor: see _delivery.
-    fields = (RecordKind.PRIVATE, caller.slot, caller.client_id, 0, request.text.encode("utf-8"), 0.0)
-    record = tuple.__new__(Record, fields)
-    return _delivery(target, record, lambda why: _private_gone(target_id, why))
+        return Outcome(replies=[replies.offline(target_id)])
+    on_gone = lambda why: _private_gone(target_id, why)  # noqa: E731 (a closure, named for the line below)
+    return Outcome(deliveries=[deliver(target, RecordKind.PRIVATE, caller, request.text, on_gone=on_gone)])
 
 
 def _private_gone(target_id: int, why: str) -> str:
@@ -135,22 +116,13 @@ def _private_gone(target_id: int, why: str) -> str:
     return replies.error(f"message to {target_id} discarded: {why}")
 
 
-def handle_send(caller: Caller, request: Send, ipc: ServerIpc) -> Outcome:
-    return _outcome(route_send(caller, request, ipc))
-
-
-def route_broadcast(caller: Caller, request: Broadcast, ipc: ServerIpc) -> list[Delivery] | str:
-    """The rules of ``/broadcast``: one delivery per other online client, or the line for the sender."""
+def handle_broadcast(caller: Caller, request: Broadcast, ipc: ServerIpc) -> Outcome:
+    """A broadcast: one delivery per other online client, or the line for the sender."""
     others = [c for c in ipc.directory.online() if c.client_id != caller.client_id]
     if not others:
-        return replies.notice("nobody else is online; broadcast not sent")
-    # One record for all: MessageTable.post packs each distinct record once.
+        return Outcome(replies=[replies.notice("nobody else is online; broadcast not sent")])
     record = Record(RecordKind.BROADCAST, caller.slot, caller.client_id, 0, request.text.encode("utf-8"))
-    return [_delivery(c, record) for c in others]
-
-
-def handle_broadcast(caller: Caller, request: Broadcast, ipc: ServerIpc) -> Outcome:
-    return _outcome(route_broadcast(caller, request, ipc))
+    return Outcome(deliveries=_copies(others, record))
 
 
 def handle_makegroup(caller: Caller, request: MakeGroup, ipc: ServerIpc) -> Outcome:
@@ -229,23 +201,16 @@ def handle_declinegroup(caller: Caller, request: DeclineGroup, ipc: ServerIpc) -
     )
 
 
-def route_sendgroup(caller: Caller, request: SendGroup, ipc: ServerIpc) -> list[Delivery] | str:
-    """The rules of ``/sendgroup``: one delivery per other online member, or the line for the sender."""
-    try:
-        group = ipc.directory.group_for_sender(request.group_id, caller.client_id)
-    except GroupError as exc:
-        return replies.error(str(exc))
+def handle_sendgroup(caller: Caller, request: SendGroup, ipc: ServerIpc) -> Outcome:
+    """A group message: one delivery per other online member, or the line for the sender."""
+    group = ipc.directory.group_for_sender(request.group_id, caller.client_id)  # GroupError: see handle
     peers = _members_except(group, ipc.directory.online_by_id(), caller.client_id)
     if not peers:
-        return group_replies.only_member(group.group_id)
+        return Outcome(replies=[group_replies.only_member(group.group_id)])
     record = Record(
         RecordKind.GROUP, caller.slot, caller.client_id, group.group_id, request.text.encode("utf-8")
     )
-    return [_delivery(p, record) for p in peers]
-
-
-def handle_sendgroup(caller: Caller, request: SendGroup, ipc: ServerIpc) -> Outcome:
-    return _outcome(route_sendgroup(caller, request, ipc))
+    return Outcome(deliveries=_copies(peers, record))
 
 
 def handle_listgroups(caller: Caller, request: ListGroups, ipc: ServerIpc) -> Outcome:
@@ -277,12 +242,38 @@ HANDLERS: dict[type, Callable[[Caller, Any, ServerIpc], Outcome]] = {
 }
 
 
-def handle(caller: Caller, request: Request, ipc: ServerIpc) -> Outcome:
-    """Run the handler for a parsed request; rule violations become error lines."""
-    try:
-        return HANDLERS[type(request)](caller, request, ipc)
-    except GroupError as exc:
-        return Outcome(replies=[replies.error(str(exc))])
+def handle(
+    caller: Caller,
+    request: Request,
+    ipc: ServerIpc,
+    uploads: Uploads | None = None,
+    downloads: Downloads | None = None,
+) -> Outcome:
+    """Run the handler for a parsed request; rule violations become error lines.
+
+    ``/sendfile`` and ``/data`` go to ``uploads``, the caller's files on
+    their way to the spool, and ``/downloadquota`` to ``downloads``, its files
+    on their way from the spool (the worker's; without them, as in a unit
+    test of the chat rules, files are refused with an error line).
+    """
+    handler = HANDLERS.get(type(request))
+    if handler is not None:
+        try:
+            return handler(caller, request, ipc)
+        except GroupError as exc:
+            return Outcome(replies=[replies.error(str(exc))])
+    if isinstance(request, DownloadQuota):
+        if downloads is not None:
+            downloads.room = request.size  # files past it are refused (server/downloads.py)
+        return Outcome()
+    assert isinstance(request, SendFile | DataFrame), f"no handler for {request!r}"
+    if uploads is None:
+        return Outcome(replies=[replies.error("files cannot be sent on this connection")])
+    if isinstance(request, SendFile):
+        return uploads.start(request)
+    outcome = uploads.open_frame(request)
+    outcome.frame = request.size
+    return outcome
 
 
 # -- departures (run by the parent after it reaps a worker) -----------------------

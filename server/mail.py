@@ -8,13 +8,13 @@ they never come here.
 from __future__ import annotations
 
 from protocol import replies
-from protocol.framing import encode_line
 from server.spool import decode_file_result
 from shm.layout import RecordKind
 from shm.mailboxes import Record
 
 
 def render(record: Record) -> str:
+    """The line the receiver reads for one record (without its newline)."""
     kind = record.kind
     if kind is RecordKind.FILE_RESULT:
         transfer, name, receiver, error = decode_file_result(record.payload)
@@ -34,23 +34,3 @@ def render(record: Record) -> str:
     if kind is RecordKind.NOTICE:
         return text
     raise ValueError(f"a {kind.name} record is not a line")
-
-
-def wire_line(record: Record) -> bytes:
-    """``render`` as the bytes the client receives: the line, UTF-8, and its newline.
-
-    Chat records take a short cut: their payload is a message as a client
-    typed it, so it is valid UTF-8 with no newline (the sender's framer
-    decoded its line strictly and split at newlines, and the parser hands on
-    a piece of that line), and it goes into the line as it is, with no
-    decode and encode.  Everything else is rendered as text; a newline in it
-    becomes a space, as ``Connection.say`` does.
-    """
-    kind = record.kind
-    if kind is RecordKind.PRIVATE:
-        return replies.private_wire(record.sender_id, record.payload)
-    if kind is RecordKind.BROADCAST:
-        return replies.broadcast_wire(record.sender_id, record.payload)
-    if kind is RecordKind.GROUP:
-        return replies.group_message_wire(record.group_id, record.sender_id, record.payload)
-    return encode_line(render(record).replace("\n", " "))

@@ -25,7 +25,6 @@ reported.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
@@ -41,9 +40,9 @@ STAYED_FULL = "its mailbox stayed full while you were leaving"
 class Delivery(NamedTuple):
     """A record for one mailbox, and what to tell the poster if it cannot arrive.
 
-    ``on_gone(reason)`` makes that line only when it is needed (building it for
-    every private message, to throw it away nearly always, cost more than the
-    post), or returns None to say nothing.  ``to_id`` names the receiver in
+    ``on_gone(reason)`` makes that line only when it is needed (nearly every
+    message arrives, so a line built in advance would nearly always be thrown
+    away), or returns None to say nothing.  ``to_id`` names the receiver in
     the line that reports a discarded record without an ``on_gone``.
     """
 
@@ -56,7 +55,8 @@ class Outbox:
     def __init__(self, messages: MessageTable, doorbells: Doorbells) -> None:
         self.messages = messages
         self.doorbells = doorbells
-        self.pending: deque[Delivery] = deque()
+        #: Deliveries not yet posted, in the order they were added.
+        self.pending: list[Delivery] = []
         #: A flush found a full mailbox: wait for its owner to ring back.
         self.blocked = False
         #: Records that reached a mailbox (a statistic for the client table).
@@ -74,14 +74,11 @@ class Outbox:
         Returns the lines for the poster: one for each delivery whose receiver
         has left and whose ``on_gone`` has something to say.
         """
-        if not self.pending:
+        if not self.pending:  # nothing to post: no lock to take
             self.blocked = False
             return []
-        if len(self.pending) == 1:
-            return self._flush_one()
-        batch = list(self.pending)
-        self.pending.clear()
-        results = self.messages.post([d.posting for d in batch])
+        batch, self.pending = self.pending, []
+        results = self.messages.post([delivery.posting for delivery in batch])
         lines = []
         rung = set()
         for delivery, result in zip(batch, results, strict=True):
@@ -97,26 +94,6 @@ class Outbox:
             self.doorbells.ring(slot)  # eventfd write: wake the receiver's worker
         self.blocked = bool(self.pending)
         return lines
-
-    def _flush_one(self) -> list[str]:
-        """``flush`` of a single delivery: a message alone in its read.
-
-        The same three outcomes, without the batch's list, zip and set of
-        doorbells, which cost about as much as the post when there is one.
-        """
-        delivery = self.pending[0]
-        result = self.messages.post([delivery.posting])[0]
-        if result is PostResult.FULL:  # it stays pending; its receiver rings back
-            self.blocked = True
-            return []
-        self.pending.clear()
-        self.blocked = False
-        if result is PostResult.DELIVERED:
-            self.delivered += 1
-            self.doorbells.ring(delivery.posting.slot)  # eventfd write: wake the receiver's worker
-        elif delivery.on_gone is not None and (line := delivery.on_gone(OFFLINE)) is not None:
-            return [line]
-        return []
 
     def discard(self, generic: Callable[[int, int], str]) -> list[str]:
         """Give up on everything still pending; return a line for each receiver.

@@ -24,9 +24,9 @@ from itertools import count
 from protocol import replies
 from protocol.commands import DataFrame, SendFile
 from server.caller import Caller
-from server.handlers import Outcome
 from server.ledger import Reservation, reserve
 from server.outbox import Delivery
+from server.outcome import Outcome
 from server.spool import Spool, Upload, encode_file_notice, remove_link
 from shm.directory import ClientInfo, Directory, GroupError, GroupInfo
 from shm.layout import RecordKind

@@ -41,16 +41,16 @@ from enum import IntEnum
 import sysv_ipc
 
 from protocol import commands, replies
-from protocol.commands import Broadcast, CommandError, DataFrame, Send, SendFile, SendGroup, StreamError
-from protocol.framing import NEED_DATA, BadLine, Data, DataEnd, LineFramer, encode_line
+from protocol.commands import CommandError, StreamError
+from protocol.framing import NEED_DATA, BadLine, Data, DataEnd, Line, LineFramer
 from server import handlers, lessons, mail
 from server.caller import Caller
 from server.config import ServerConfig
 from server.connection import Connection
 from server.doorbells import Doorbells
 from server.downloads import Downloads
-from server.handlers import Outcome
-from server.outbox import Delivery, Outbox
+from server.outbox import Outbox
+from server.outcome import Outcome
 from server.spool import Spool
 from server.uploads import Uploads
 from shm.layout import RecordKind, WakeSource
@@ -103,8 +103,8 @@ def _find_prctl() -> Callable[..., int] | None:
         return None
 
 
-# Looked up once, in the parent, at import: a CDLL made in each worker built a
-# new ctypes class there, about 100 KiB of the worker's own memory.
+# Looked up once, in the parent, at import: a CDLL made in each worker would
+# build a new ctypes class there, in memory of its own rather than shared.
 _prctl = _find_prctl()
 
 
@@ -148,7 +148,8 @@ class Worker:
         self._recv_buffer = mmap.mmap(-1, RECV_BYTES)
         self._recv_view = memoryview(self._recv_buffer)
         # epoll itself rather than ``selectors``: the loop turns once or twice per
-        # message, and the selectors layer above epoll cost about a microsecond a turn.
+        # message, and selectors would add a layer of Python (a key object, a
+        # mapping lookup) to every turn for nothing a worker uses.
         self.poller = select.epoll()
         self.tracer = ipc.tracer_for(1 + caller.slot, caller.client_id)  # None without --trace
         self.conn.tracer = self.tracer
@@ -263,45 +264,30 @@ class Worker:
         self.process_input()
 
     def process_input(self) -> None:
-        """Handle every complete line buffered, then post the batch.
+        """Handle every complete line buffered, then post the lines' deliveries in one batch.
 
         Stops early while posts are blocked on a full mailbox; the rest stays
         in the framer until the receiver makes room and rings back.
         """
-        drained = False  # every complete line buffered has been handled
         outbox = self.outbox
-        pending = outbox.pending  # the same deque for the outbox's whole life
-        while self.exit is None and not drained:
-            while self.exit is None and not outbox.blocked:
-                event = self.framer.next_line()
-                # A line first, as nearly every event is one (next_line gives its
-                # text, a str), and tested with ``type`` and ``len(pending)``:
-                # isinstance() down the list of events and len(self.outbox), a
-                # Python method, were a tenth of this loop.
-                if type(event) is str:
-                    self.handle_line(event)
-                    if len(pending) >= FLUSH_BATCH:
-                        self.flush_outbox()
-                    continue
-                if event is NEED_DATA:
-                    drained = True
-                    break
-                if isinstance(event, BadLine):
-                    self.conn.say(replies.error(event.reason))
-                elif isinstance(event, Data):
-                    self.apply(self.uploads.write(event.chunk))
-                elif isinstance(event, DataEnd):
-                    self.uploads.close_frame()
-                if len(pending) >= FLUSH_BATCH:
-                    self.flush_outbox()
-            self.flush_outbox()
-            # If that flush found room after all, the lines left behind must be
-            # handled now: no doorbell will come for them, and the client may be
-            # waiting for their answers before it sends anything else.
-            if self.outbox.blocked:
+        while self.exit is None and not outbox.blocked:
+            event = self.framer.next_event()
+            if event is NEED_DATA:
                 break
+            if isinstance(event, Line):
+                self.handle_line(event.text)
+            elif isinstance(event, BadLine):
+                self.conn.say(replies.error(event.reason))
+            elif isinstance(event, Data):
+                self.apply(self.uploads.write(event.chunk))
+            elif isinstance(event, DataEnd):
+                self.uploads.close_frame()
+            if len(outbox.pending) >= FLUSH_BATCH:
+                self.flush_outbox()  # a long read: post what it has so far
+        self.flush_outbox()
 
     def handle_line(self, line: str) -> None:
+        """Parse one line and carry out what its handler returns."""
         try:
             request = commands.parse(line)
         except StreamError as exc:
@@ -317,32 +303,11 @@ class Worker:
                 return
             self.conn.say(replies.error(str(exc)))
             return
-        # Chat messages, by far the most frequent requests, go from their rules
-        # (handlers.route_*) straight to the outbox: handlers.handle would wrap
-        # the same delivery in an Outcome for apply() to unwrap at once.
-        if type(request) is Send:
-            routed = handlers.route_send(self.caller, request, self.ipc)
-            if isinstance(routed, str):
-                self.conn.say(routed)
-            else:
-                self.outbox.pending.append(routed)
-            return
-        if type(request) is Broadcast:
-            self.post_routed(handlers.route_broadcast(self.caller, request, self.ipc))
-            return
-        if type(request) is SendGroup:
-            self.post_routed(handlers.route_sendgroup(self.caller, request, self.ipc))
-            return
-        if isinstance(request, SendFile):
-            self.apply(self.uploads.start(request))
-            return
-        if isinstance(request, DataFrame):
-            self.start_frame(request)
-            return
-        if isinstance(request, commands.DownloadQuota):
-            self.downloads.room = request.size  # files past it are refused (server/downloads.py)
-            return
-        outcome = handlers.handle(self.caller, request, self.ipc)
+        outcome = handlers.handle(self.caller, request, self.ipc, self.uploads, self.downloads)
+        if outcome.frame is not None:
+            # What the framer already holds goes through it; the rest of the frame is
+            # read from the socket straight into the upload (read_socket).
+            self.framer.start_frame(outcome.frame)
         if outcome.quit:
             # The goodbye waits until the posts before it are delivered or reported.
             self.farewell = outcome.replies
@@ -351,24 +316,11 @@ class Worker:
             return
         self.apply(outcome)
 
-    def post_routed(self, routed: list[Delivery] | str) -> None:
-        """Queue a chat message's deliveries, or say why it was not sent (``handlers.route_*``)."""
-        if isinstance(routed, str):
-            self.conn.say(routed)
-        else:
-            self.outbox.pending.extend(routed)
-
     def apply(self, outcome: Outcome) -> None:
         """Say a handler's (or an upload's) replies and queue its deliveries."""
-        for line in outcome.replies:
-            self.conn.say(line)
+        if outcome.replies:
+            self.conn.say(*outcome.replies)
         self.outbox.add(outcome.deliveries)
-
-    def start_frame(self, frame: DataFrame) -> None:
-        # What the framer already holds goes through it; the rest of the frame is
-        # read from the socket straight into the upload (read_socket).
-        self.framer.start_frame(frame.size)
-        self.apply(self.uploads.open_frame(frame))
 
     # -- mail ------------------------------------------------------------------------
 
@@ -383,18 +335,18 @@ class Worker:
         for slot in waiters:
             self.doorbells.ring(slot)  # they were waiting for room in this mailbox
         self.received += len(records)
-        lines = []  # this take's lines, queued in one piece: one call, not one per message
+        lines = []
         for record in records:
             kind = record.kind
             if kind is RecordKind.FILE:
                 self.downloads.add(record)  # its header goes out later, after these lines
             elif kind is RecordKind.SHUTDOWN:
-                lines.append(encode_line(replies.shutting_down()))
+                lines.append(replies.shutting_down())
                 self.end(WorkerExit.SHUTDOWN)
             else:
-                lines.append(mail.wire_line(record))
+                lines.append(mail.render(record))
         if lines:
-            self.conn.queue(b"".join(lines))
+            self.conn.say(*lines)  # one take's lines, queued in one piece
 
     # -- output ----------------------------------------------------------------------------
 
@@ -408,7 +360,7 @@ class Worker:
         """
         downloads = self.downloads
         for _ in range(16):
-            if downloads.queue:  # tested here: the call is most of the turn's cost when there are none
+            if downloads.queue:  # tested here, not in the call: nearly every turn has none
                 self.stream_downloads()
             if not self.conn.out:
                 return
@@ -438,7 +390,8 @@ class Worker:
         """Add this worker's message counts to its row, at most once a second.
 
         The counters are statistics for the inspector; taking the directory
-        lock for them after every message cost more than the message itself.
+        lock for them after every message would double the locking that a
+        message needs.
         """
         sent = self.outbox.delivered - self._counted_sent
         if not (sent or self.received):
@@ -479,13 +432,13 @@ class Worker:
         self.flush_outbox()
         bell = self.doorbells.fileno(self.caller.slot)
         deadline = time.monotonic() + self.config.leave_grace
-        while self.outbox.pending and (left := deadline - time.monotonic()) > 0:
+        while len(self.outbox) and (left := deadline - time.monotonic()) > 0:
             ready, _, _ = select.select([bell], [], [], left)  # the doorbell only: no spin on the socket
             if ready:
                 self.doorbells.clear(self.caller.slot)
                 self.take_mail()
                 self.flush_outbox()
-        if self.outbox.pending:
+        if len(self.outbox):
             log.info(
                 "client %d left with %d posts undelivered (mailboxes full)",
                 self.caller.client_id,

@@ -311,12 +311,14 @@ class Directory:
     def _online_cache(self) -> tuple[list[ClientInfo], dict[int, ClientInfo]]:
         """The decoded client list, re-read only when the change counter moves.
 
-        Routing a message needs the receiver's slot and generation; decoding
-        every row under the lock for each message cost more than the rest of
-        the hop.  The counter is read without the lock: a change that lands
-        just after the read is seen by the next message, exactly as if this
-        one had been sent a moment earlier, and a stale entry can only make a
-        post find the mailbox GONE, which the sender is told.
+        Routing a message needs the receiver's slot and generation; the list
+        changes only when somebody joins or leaves, so decoding every row
+        under the directory lock for each message would take that lock, and
+        do that work, for nothing nearly every time.  The counter is read
+        without the lock: a change that lands just after the read is seen by
+        the next message, exactly as if this one had been sent a moment
+        earlier, and a stale entry can only make a post find the mailbox
+        GONE, which the sender is told.
         """
         epoch = layout.SEGMENT_EPOCH.unpack_from(self._clients_view, layout.SEGMENT_EPOCH_OFFSET)[0]
         if epoch != self._cached_epoch:
@@ -331,13 +333,8 @@ class Directory:
         """Tell every cache that the client list changed (caller holds the lock)."""
         offset = layout.SEGMENT_EPOCH_OFFSET
         epoch = layout.SEGMENT_EPOCH.unpack_from(self._clients_view, offset)[0]
-        self._clients_view[offset : offset + 4] = layout.SEGMENT_EPOCH.pack(
-            (epoch + 1) & 0xFFFFFFFF
-        )  # shm store
-
-    def all_slots(self) -> list[ClientInfo]:
-        with self.lock.held():
-            return self._all_clients()
+        # A store into shared memory: the new epoch, one aligned 4-byte field.
+        self._clients_view[offset : offset + 4] = layout.SEGMENT_EPOCH.pack((epoch + 1) & 0xFFFFFFFF)
 
     def snapshot(self) -> tuple[list[ClientInfo], list[GroupInfo]]:
         """Every client slot and every group, read under one hold (the inspector)."""

@@ -157,24 +157,30 @@ def groups_segment_size(max_groups: int) -> int:
 # Message-info table: one mailbox per client slot, each a byte ring of records.
 # ---------------------------------------------------------------------------
 
-#: head (bytes consumed, ever), tail (bytes produced, ever), records
-#: delivered (ever), owner generation, records pending, times a sender found
-#: it full, open flag, then a bitmap of the slots waiting for room in it.
-MAILBOX_HEADER = struct.Struct(f"<QQQIIIB3x{MAX_CLIENTS_LIMIT // 8}s")
+#: The header's counters: head (bytes consumed, ever), tail (bytes produced,
+#: ever), records delivered (ever), owner generation, records pending, times a
+#: sender found it full, open flag.  A post and a take read them with one
+#: ``unpack_from``; a take writes its changes back with one store.
+MAILBOX_FIELDS = struct.Struct("<QQQIIIB")
+#: The whole header: the counters, then a bitmap of the slots waiting for room.
+MAILBOX_HEADER = struct.Struct(f"{MAILBOX_FIELDS.format}3x{MAX_CLIENTS_LIMIT // 8}s")
 MAILBOX_HEADER_SIZE = MAILBOX_HEADER.size  # 72
-#: The same fields by offset, for the hot path, which updates one field at a
-#: time: each field is then a single aligned store, and ``tail`` (for a post)
-#: and ``head`` (for a take) are written last, as the commit point, so a
-#: process killed halfway leaves the mailbox consistent.
-MAILBOX_HEAD_TAIL = struct.Struct("<QQ")  # at offset 0
+#: One field alone, where a post or a close changes only that field: each is
+#: then a single aligned store, and ``tail`` (for a post) and ``head`` (for a
+#: take) are written last, as the commit point, so a process killed halfway
+#: leaves the mailbox consistent.
+MAILBOX_U64 = struct.Struct("<Q")  # head, tail, delivered
+MAILBOX_U32 = struct.Struct("<I")  # generation, pending, full events
+MAILBOX_HEAD_OFFSET = 0
 MAILBOX_TAIL_OFFSET = 8
 MAILBOX_DELIVERED_OFFSET = 16
 MAILBOX_GENERATION_OFFSET = 24
 MAILBOX_COUNT_OFFSET = 28
 MAILBOX_FULL_EVENTS_OFFSET = 32
-MAILBOX_OPEN_OFFSET = 36
+MAILBOX_OPEN_OFFSET = 36  # one byte: 1 open, 0 closed
 MAILBOX_WAITERS_OFFSET = 40
 MAILBOX_WAITERS_BYTES = MAX_CLIENTS_LIMIT // 8
+assert MAILBOX_FIELDS.size == MAILBOX_OPEN_OFFSET + 1
 assert MAILBOX_WAITERS_OFFSET + MAILBOX_WAITERS_BYTES == MAILBOX_HEADER_SIZE
 
 
@@ -213,7 +219,8 @@ def mailbox_offset(slot: int, mailbox_bytes: int) -> int:
 # ---------------------------------------------------------------------------
 
 #: Events kept per ring; the oldest is overwritten by the newest.  A /send
-#: costs its sender's worker about six records and its receiver's three.
+#: writes about six records into its sender's worker's ring (wake, recv,
+#: lock, post, unlock, ring) and three into its receiver's (wake, take, send).
 TRACE_RECORDS_PER_RING = 1024
 
 #: client id of the ring's process (0 for the parent's ring; written by the
@@ -223,15 +230,21 @@ TRACE_RING_HEADER = struct.Struct("<IiI4x")
 TRACE_RING_HEADER_SIZE = TRACE_RING_HEADER.size  # 16
 
 #: seq (1, 2, 3... per ring; 0 = empty or being written; stored LAST, the
-#: commit point), t_ns (CLOCK_MONOTONIC), pid, who (client id, 0 = parent),
-#: event, lock (the semaphore's object index: 3 directory, 4 messages),
-#: source (of a wake: 1 doorbell, 2 socket), to (receiver's client id),
-#: bytes, waited_us, offset (in the receiver's mailbox ring), records,
-#: child (pid forked or reaped), status (wait status of a reaped worker),
-#: slot (the receiver's, or the forked or reaped worker's).
-TRACE_RECORD = struct.Struct("<QQiIHBBIIIIIiiH6x")
-TRACE_RECORD_SIZE = TRACE_RECORD.size  # 64
+#: commit point), then the body: t_ns (CLOCK_MONOTONIC), pid, who (client
+#: id, 0 = parent), event, lock (the semaphore's object index: 3 directory,
+#: 4 messages), source (of a wake: 1 doorbell, 2 socket), to (receiver's
+#: client id), bytes, waited_us, offset (in the receiver's mailbox ring),
+#: records, child (pid forked or reaped), status (wait status of a reaped
+#: worker), slot (the receiver's, or the forked or reaped worker's).
 TRACE_SEQ = struct.Struct("<Q")  # at offset 0 of a record
+TRACE_BODY = struct.Struct("<QiIHBBIIIIIiiH6x")  # at offset TRACE_SEQ.size
+TRACE_RECORD = struct.Struct(f"<Q{TRACE_BODY.format[1:]}")
+TRACE_RECORD_SIZE = TRACE_RECORD.size  # 64
+#: The body's first fields (t_ns, pid, who, event): the writer can store them
+#: apart from the rest, so that a test can stop it between the two stores.
+TRACE_BODY_SPLIT = struct.calcsize("<QiIH")
+#: The first field of a ring header: whose ring it is (a client id, 0 for the parent).
+TRACE_RING_OWNER = struct.Struct("<I")
 
 
 class TraceEvent(IntEnum):

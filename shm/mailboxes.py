@@ -25,7 +25,6 @@ Three rules make delivery dependable:
 
 from __future__ import annotations
 
-import struct
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -35,10 +34,11 @@ import sysv_ipc
 
 from shm import layout
 from shm.layout import (
-    MAILBOX_HEAD_TAIL,
+    MAILBOX_FIELDS,
     MAILBOX_HEADER,
     MAILBOX_HEADER_SIZE,
-    MAILBOX_TAIL_OFFSET,
+    MAILBOX_U32,
+    MAILBOX_U64,
     MAX_CLIENTS_LIMIT,
     RECORD_HEADER,
     RECORD_HEADER_SIZE,
@@ -52,8 +52,8 @@ class Record(NamedTuple):
     """One message in a mailbox.
 
     Records and postings are named tuples rather than frozen dataclasses:
-    several are built for every message, and a tuple is built several times
-    faster, with the same immutability.
+    immutable values, several built for every message, so the cheapest
+    immutable value Python has.
     """
 
     kind: RecordKind
@@ -108,22 +108,6 @@ class MailboxStats:
     pending: tuple[PendingRecord, ...] = ()  # the oldest few, when stats(peek=n) asked
 
 
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
-#: The first fields of a mailbox header, in order: head, tail, delivered,
-#: generation, pending count.  ``take`` reads and writes them as one piece.
-_TAKE_FIELDS = struct.Struct("<QQQII")
-#: The same, then the full events and the open flag: what a post looks at,
-#: read in one ``unpack_from`` (``_post_one``).
-_POST_FIELDS = struct.Struct("<QQQIIIB")
-_FIELD_OFFSETS = (
-    layout.MAILBOX_DELIVERED_OFFSET,
-    layout.MAILBOX_GENERATION_OFFSET,
-    layout.MAILBOX_COUNT_OFFSET,
-    layout.MAILBOX_FULL_EVENTS_OFFSET,
-    layout.MAILBOX_OPEN_OFFSET,
-)
-assert _FIELD_OFFSETS == (16, 24, 28, 32, 36), "_TAKE_FIELDS and _POST_FIELDS no longer match the header"
 _NO_WAITERS = bytes(layout.MAILBOX_WAITERS_BYTES)
 _KINDS = {kind.value: kind for kind in RecordKind}
 
@@ -142,35 +126,15 @@ def _decode_records(data: bytes) -> list[Record]:
     records: list[Record] = []
     position = 0
     end = len(data)
-    # Looked up once, not once per record: this loop runs for every message
-    # received, and each global or attribute lookup in it is paid that often.
-    unpack_from, make, kinds, add = RECORD_HEADER.unpack_from, tuple.__new__, _KINDS, records.append
     while position + RECORD_HEADER_SIZE <= end:
-        size, kind, _flags, sender_slot, sender_id, group_id, posted_at = unpack_from(data, position)
+        size, kind, _flags, slot, sender_id, group_id, posted = RECORD_HEADER.unpack_from(data, position)
         if size < RECORD_HEADER_SIZE:  # never written that way; stop rather than loop
             break
         payload = data[position + RECORD_HEADER_SIZE : position + size]
-        sender = sender_slot if sender_slot != 0xFFFF else -1
-        # make(Record, ...), tuple.__new__, is Record(...) without the named
-        # tuple's own __new__, a Python function: the extra call was a fifth of
-        # the loop's time.
-        add(make(Record, (kinds[kind], sender, sender_id, group_id, payload, posted_at)))
+        sender = slot if slot != 0xFFFF else -1  # 0xFFFF: the parent
+        records.append(Record(_KINDS[kind], sender, sender_id, group_id, payload, posted))
         position += size
     return records
-
-
-def _runs(postings: list[Posting]) -> list[list[Posting]]:
-    """Split postings into runs of consecutive ones for the same slot and generation."""
-    runs: list[list[Posting]] = []
-    last = None
-    for posting in postings:
-        key = (posting.slot, posting.generation)
-        if key == last:
-            runs[-1].append(posting)
-        else:
-            runs.append([posting])
-            last = key
-    return runs
 
 
 class MessageTable:
@@ -182,7 +146,7 @@ class MessageTable:
         self.capacity = SEGMENT_HEADER.unpack_from(self._view, 0)[2]
         usable = len(self._view) - layout.SEGMENT_HEADER_SIZE
         self.mailbox_bytes = usable // max(self.capacity, 1) - MAILBOX_HEADER_SIZE
-        # Where each mailbox starts, worked out once: the hot paths index this list.
+        # Where each mailbox starts, worked out once rather than at every post.
         self._bases = [layout.mailbox_offset(slot, self.mailbox_bytes) for slot in range(self.capacity)]
         self.tracer: Any = None  # a shm.trace.TraceWriter when traced (ServerIpc.tracer_for)
 
@@ -199,26 +163,26 @@ class MessageTable:
 
     # -- header access (caller holds the lock) -------------------------------
 
-    def _header(self, slot: int) -> list:
-        return list(MAILBOX_HEADER.unpack_from(self._view, self._bases[slot]))
+    def _header(self, slot: int) -> tuple:
+        return MAILBOX_HEADER.unpack_from(self._view, self._bases[slot])
 
-    def _put_header(self, slot: int, header: list) -> None:
+    def _put_header(self, slot: int, header: tuple) -> None:
         # Pack, then one copy.  pack_into zero-fills the header before writing its
         # fields, so a worker killed inside it (SIGKILL) left another client's
         # mailbox with generation 0 and closed: every later post was GONE.
         base = self._bases[slot]
         self._view[base : base + MAILBOX_HEADER_SIZE] = MAILBOX_HEADER.pack(*header)
 
-    # Header fields, by position in MAILBOX_HEADER.
-    HEAD, TAIL, DELIVERED, GENERATION, COUNT, FULL_EVENTS, OPEN, WAITERS = range(8)
-
     def _ring_write(self, slot: int, position: int, data: bytes) -> None:
+        """Copy ``data`` into a ring at ``position``: one store, two when it wraps."""
         start = self._bases[slot] + MAILBOX_HEADER_SIZE
         offset = position % self.mailbox_bytes
-        first = min(len(data), self.mailbox_bytes - offset)
+        size = len(data)
+        first = min(size, self.mailbox_bytes - offset)
+        # A store into shared memory: this slice assignment copies the bytes into the ring.
         self._view[start + offset : start + offset + first] = data[:first]
-        if first < len(data):
-            self._view[start : start + len(data) - first] = data[first:]
+        if first < size:
+            self._view[start : start + size - first] = data[first:]
 
     def _ring_read(self, slot: int, position: int, length: int) -> bytes:
         start = self._bases[slot] + MAILBOX_HEADER_SIZE
@@ -234,97 +198,121 @@ class MessageTable:
     def open(self, slot: int, generation: int) -> None:
         """Empty a slot's mailbox and address it to a new client."""
         with self.lock.held():
-            self._put_header(slot, [0, 0, 0, generation, 0, 0, 1, bytes(MAX_CLIENTS_LIMIT // 8)])
+            self._put_header(slot, (0, 0, 0, generation, 0, 0, 1, _NO_WAITERS))
 
     def close(self, slot: int, generation: int) -> tuple[list[Record], list[int]]:
         """Close a departed client's mailbox; return its unread mail and its waiters."""
         view = self._view
         base = self._bases[slot]
         with self.lock.held():
-            gen = _U32.unpack_from(view, base + layout.MAILBOX_GENERATION_OFFSET)[0]
-            if gen != generation or not view[base + layout.MAILBOX_OPEN_OFFSET]:
+            head, tail, delivered, gen, count, full_events, is_open = MAILBOX_FIELDS.unpack_from(view, base)
+            if gen != generation or not is_open:
                 return [], []
-            view[base + layout.MAILBOX_OPEN_OFFSET] = 0  # from now on every post is GONE
-            head, tail = MAILBOX_HEAD_TAIL.unpack_from(view, base)
             data = self._ring_read(slot, head, tail - head)
-            view[base : base + 8] = _U64.pack(tail)
-            self._finish_take(base)
+            # Closed (from now on every post is GONE) and emptied, in one store.
+            view[base : base + MAILBOX_FIELDS.size] = MAILBOX_FIELDS.pack(
+                tail, tail, delivered + count, gen, 0, full_events, 0
+            )
             waiters = self._take_waiters(base)
         return _decode_records(data), waiters
 
     # -- posting (any worker, and the parent) ----------------------------------
 
     def post(self, postings: list[Posting]) -> list[PostResult]:
-        """Post several records under one lock acquisition (a batch, a broadcast).
+        """Post records under one hold of the lock: a read's lines, a broadcast, or one message.
 
-        Each distinct record is packed once, before the lock is taken: a
-        broadcast is one record for many receivers, and packing is no business
-        of the critical section.  Under the lock a posting costs a look at the
-        receiver's header and one or two copies.
+        Records are packed before the lock is taken, as packing is no business
+        of the critical section; a broadcast, one record for many receivers
+        posted one after the other, is packed once.  Under the lock, each run
+        of consecutive postings to one mailbox (``_post_run``) costs one look
+        at its header, one copy and one commit, whether it holds one record or
+        hundreds.
+        The results are in the order of ``postings``.
         """
         now = time.time()
-        if len(postings) == 1:
-            return [self._post_alone(postings[0], now)]
-        packed: dict[int, bytes] = {}  # id(record) -> header + payload
+        # The runs: consecutive postings for one mailbox, with their records packed.
+        runs: list[tuple[list[Posting], list[bytes]]] = []
+        slot = generation = -1
+        record: Record | None = None
         for posting in postings:
-            record = posting.record
-            if id(record) not in packed:
-                packed[id(record)] = self._pack(record, now)
+            if posting.record is not record:  # a broadcast's copies follow each other
+                record = posting.record
+                data = self._pack(record, now)
+            if posting.slot != slot or posting.generation != generation:
+                slot, generation = posting.slot, posting.generation
+                run: list[Posting] = []
+                run_data: list[bytes] = []
+                runs.append((run, run_data))
+            run.append(posting)
+            run_data.append(data)
         results: list[PostResult] = []
         full: set[int] = set()  # once a mailbox is full, later posts to it wait too (order)
-        # reserve/release rather than ``with lock.held()``: this runs for every
-        # message, and the generator-based context manager cost about a microsecond.
+        # reserve/release is ``with lock.held()`` spelled out: this runs once for
+        # every read of a client's socket, and the context manager adds a
+        # generator and two calls to each.
         self.lock.reserve()
         try:
-            for run in _runs(postings):
-                first = run[0]
-                if len(run) > 1 and first.slot not in full and self.tracer is None:
-                    # Consecutive records for one mailbox (a read of many lines to one
-                    # receiver) go in as one piece: one header check, one copy, one
-                    # commit, instead of one each.  None: not all fit, go one by one.
-                    data = b"".join([packed[id(posting.record)] for posting in run])
-                    result = self._post_run(first.slot, first.generation, data, len(run))
-                    if result is not None:
-                        results += [result] * len(run)
-                        continue
-                for posting in run:
-                    if posting.slot in full:
-                        results.append(PostResult.FULL)
-                        continue
-                    record = posting.record
-                    result = self._post_one(
-                        posting.slot, posting.generation, record.sender_slot, packed[id(record)]
-                    )
-                    if self.tracer is not None:  # the lock is held: the new tail is the record's end
-                        self._trace_post(posting.slot, result, len(packed[id(record)]))
-                    if result is PostResult.FULL:
-                        full.add(posting.slot)
-                    results.append(result)
+            for run, run_data in runs:
+                if run[0].slot in full:
+                    results += [PostResult.FULL] * len(run)
+                    continue
+                ran = self._post_run(run, run_data)
+                if ran[-1] is PostResult.FULL:
+                    full.add(run[0].slot)
+                results += ran
         finally:
             self.lock.release()
         return results
 
-    def _post_alone(self, posting: Posting, now: float) -> PostResult:
-        """``post`` of a single record: what a round trip or a quiet chat posts.
+    def _post_run(self, run: list[Posting], data: list[bytes]) -> list[PostResult]:
+        """Copy a run of records for one mailbox (``data``, packed) into its ring, in order.
 
-        The same steps without the batch's bookkeeping (the packed records by
-        id, the runs, the full set), which cost as much as the post itself
-        when there is one message per read.
+        One read of the header; one copy of every record that fits (two when
+        the ring wraps); then the store of ``tail``, the commit: a reader
+        finds the records there only once it is made.  The pending count is
+        added after ``tail``.  That is safe: the count is a statistic (the
+        inspector's), read by nobody to find records, so a poster killed
+        between the two stores leaves records that are there and a count
+        short, never a count for bytes that are not.  The records that do not
+        fit are FULL: their senders are marked in the waiters bitmap.
         """
-        record = posting.record
-        data = self._pack(record, now)
-        self.lock.reserve()
-        try:
-            result = self._post_one(posting.slot, posting.generation, record.sender_slot, data)
-            if self.tracer is not None:
-                self._trace_post(posting.slot, result, len(data))
-        finally:
-            self.lock.release()
-        return result
-
-    def _trace_post(self, slot: int, result: PostResult, size: int) -> None:
-        tail = _U64.unpack_from(self._view, self._bases[slot] + MAILBOX_TAIL_OFFSET)[0]
-        self.tracer.post(slot, (tail - size) % self.mailbox_bytes, size, result.value)
+        view = self._view
+        first = run[0]
+        slot = first.slot
+        base = self._bases[slot]
+        head, tail, _delivered, gen, count, full_events, is_open = MAILBOX_FIELDS.unpack_from(view, base)
+        if not is_open or gen != first.generation:
+            return [PostResult.GONE] * len(run)
+        room = self.mailbox_bytes - (tail - head)
+        fit = size = 0  # the records that fit, and their bytes
+        for piece in data:
+            grown = size + len(piece)
+            if grown > room:
+                break
+            size = grown
+            fit += 1
+        if fit:
+            self._ring_write(slot, tail, b"".join(data[:fit]))
+            at = base + layout.MAILBOX_TAIL_OFFSET
+            view[at : at + 8] = MAILBOX_U64.pack(tail + size)  # the commit
+            at = base + layout.MAILBOX_COUNT_OFFSET
+            view[at : at + 4] = MAILBOX_U32.pack((count + fit) & 0xFFFFFFFF)
+        results = [PostResult.DELIVERED] * fit
+        if fit < len(run):
+            at = base + layout.MAILBOX_FULL_EVENTS_OFFSET
+            view[at : at + 4] = MAILBOX_U32.pack((full_events + 1) & 0xFFFFFFFF)
+            for posting in run[fit:]:
+                sender = posting.record.sender_slot
+                if 0 <= sender < MAX_CLIENTS_LIMIT:
+                    bit = base + layout.MAILBOX_WAITERS_OFFSET + sender // 8
+                    view[bit] |= 1 << (sender % 8)
+            results += [PostResult.FULL] * (len(run) - fit)
+        if self.tracer is not None:  # each record that went in, and the first that found no room
+            position = tail
+            for piece, result in zip(data[: fit + 1], results, strict=False):
+                self.tracer.post(slot, position % self.mailbox_bytes, len(piece), result.value)
+                position += len(piece)
+        return results
 
     def _pack(self, record: Record, now: float) -> bytes:
         """A record as it lies in a ring: its header, then its payload."""
@@ -342,71 +330,6 @@ class MessageTable:
         )
         return header + record.payload
 
-    def _gone(self, base: int, generation: int) -> bool:
-        """The mailbox at ``base`` is closed, or now serves another client (caller holds the lock)."""
-        view = self._view
-        return (
-            not view[base + layout.MAILBOX_OPEN_OFFSET]
-            or _U32.unpack_from(view, base + layout.MAILBOX_GENERATION_OFFSET)[0] != generation
-        )
-
-    def _post_one(self, slot: int, generation: int, sender: int, data: bytes) -> PostResult:
-        """Copy one packed record into a ring, then store ``tail``: the commit.
-
-        The pending count is added after ``tail``.  That is safe: the count is a
-        statistic (the inspector's), read by nobody to find records, so a
-        poster killed between the two stores leaves a record that is there and
-        a count one short, never a count for bytes that are not.
-        """
-        view = self._view
-        base = self._bases[slot]
-        # The header's fields in one read, rather than _gone() and a read per
-        # field: this runs for every message that is alone in its read.
-        head, tail, _delivered, gen, count, _full_events, is_open = _POST_FIELDS.unpack_from(view, base)
-        if not is_open or gen != generation:  # what _gone() tells
-            return PostResult.GONE
-        size = len(data)
-        if tail - head + size > self.mailbox_bytes:
-            self._add_u32(base + layout.MAILBOX_FULL_EVENTS_OFFSET, 1)
-            if 0 <= sender < MAX_CLIENTS_LIMIT:
-                bit = base + layout.MAILBOX_WAITERS_OFFSET + sender // 8
-                view[bit] |= 1 << (sender % 8)
-            return PostResult.FULL
-        offset = tail % self.mailbox_bytes
-        ring = base + MAILBOX_HEADER_SIZE
-        if offset + size <= self.mailbox_bytes:  # the usual case: one copy
-            # A store into shared memory: this slice assignment copies the record into the ring.
-            view[ring + offset : ring + offset + size] = data
-        else:
-            self._ring_write(slot, tail, data)
-        view[base + MAILBOX_TAIL_OFFSET : base + MAILBOX_TAIL_OFFSET + 8] = _U64.pack(tail + size)
-        count_at = base + layout.MAILBOX_COUNT_OFFSET
-        view[count_at : count_at + 4] = _U32.pack((count + 1) & 0xFFFFFFFF)
-        return PostResult.DELIVERED
-
-    def _post_run(self, slot: int, generation: int, data: bytes, count: int) -> PostResult | None:
-        """Copy ``count`` packed records, joined in ``data``, into one ring at once.
-
-        DELIVERED or GONE for them all, or None when they do not all fit (the
-        caller then posts them one by one, so that as many as fit go in, in order).
-        """
-        view = self._view
-        base = self._bases[slot]
-        if self._gone(base, generation):
-            return PostResult.GONE
-        size = len(data)
-        head, tail = MAILBOX_HEAD_TAIL.unpack_from(view, base)
-        if tail - head + size > self.mailbox_bytes:
-            return None
-        self._ring_write(slot, tail, data)
-        view[base + MAILBOX_TAIL_OFFSET : base + MAILBOX_TAIL_OFFSET + 8] = _U64.pack(tail + size)
-        self._add_u32(base + layout.MAILBOX_COUNT_OFFSET, count)
-        return PostResult.DELIVERED
-
-    def _add_u32(self, offset: int, amount: int) -> None:
-        value = _U32.unpack_from(self._view, offset)[0]
-        self._view[offset : offset + 4] = _U32.pack((value + amount) & 0xFFFFFFFF)
-
     # -- taking mail (the owning worker) ---------------------------------------
 
     def take(self, slot: int, generation: int) -> tuple[list[Record], list[int]]:
@@ -421,29 +344,19 @@ class MessageTable:
         base = self._bases[slot]
         self.lock.reserve()  # not ``with``: see post
         try:
-            # One read and one store of the header's first 32 bytes, rather than
-            # one per field (this runs for every wake-up with mail): the new head,
-            # tail unchanged, the pending count moved to the delivered count.
-            head, tail, delivered, gen, count = _TAKE_FIELDS.unpack_from(view, base)
+            head, tail, delivered, gen, count, full_events, is_open = MAILBOX_FIELDS.unpack_from(view, base)
             if gen != generation or head == tail:
                 return [], []
             data = self._ring_read(slot, head, tail - head)
-            # The store of head is the commit: the bytes are free again.
-            view[base : base + _TAKE_FIELDS.size] = _TAKE_FIELDS.pack(tail, tail, delivered + count, gen, 0)
+            # One store of the counters: the new head (the commit: the bytes are
+            # free again), tail unchanged, the pending count moved to delivered.
+            view[base : base + MAILBOX_FIELDS.size] = MAILBOX_FIELDS.pack(
+                tail, tail, delivered + count, gen, 0, full_events, is_open
+            )
             waiters = self._take_waiters(base)
         finally:
             self.lock.release()
         return _decode_records(data), waiters
-
-    def _finish_take(self, base: int) -> None:
-        """Move the pending count to the delivered count (caller holds the lock)."""
-        view = self._view
-        pending = _U32.unpack_from(view, base + layout.MAILBOX_COUNT_OFFSET)[0]
-        delivered = _U64.unpack_from(view, base + layout.MAILBOX_DELIVERED_OFFSET)[0] + pending
-        view[base + layout.MAILBOX_DELIVERED_OFFSET : base + layout.MAILBOX_DELIVERED_OFFSET + 8] = _U64.pack(
-            delivered
-        )
-        view[base + layout.MAILBOX_COUNT_OFFSET : base + layout.MAILBOX_COUNT_OFFSET + 4] = _U32.pack(0)
 
     def _take_waiters(self, base: int) -> list[int]:
         start = base + layout.MAILBOX_WAITERS_OFFSET
@@ -463,27 +376,27 @@ class MessageTable:
         """
         with self.lock.held():
             headers = [self._header(slot) for slot in range(self.capacity)]
-            pending = [self._peek(slot, h, peek) for slot, h in enumerate(headers)]
+            pending = [self._peek(slot, head, tail, peek) for slot, (head, tail, *_) in enumerate(headers)]
         return [
             MailboxStats(
                 slot=slot,
-                open=bool(h[self.OPEN]),
-                generation=h[self.GENERATION],
-                pending_records=h[self.COUNT],
-                pending_bytes=h[self.TAIL] - h[self.HEAD],
-                delivered=h[self.DELIVERED],
-                full_events=h[self.FULL_EVENTS],
-                waiters=_bitmap_slots(h[self.WAITERS]),
+                open=bool(is_open),
+                generation=gen,
+                pending_records=count,
+                pending_bytes=tail - head,
+                delivered=delivered,
+                full_events=full_events,
+                waiters=_bitmap_slots(waiters),
                 pending=pending[slot],
             )
-            for slot, h in enumerate(headers)
+            for slot, (head, tail, delivered, gen, count, full_events, is_open, waiters) in enumerate(headers)
         ]
 
-    def _peek(self, slot: int, header: list, limit: int) -> tuple[PendingRecord, ...]:
+    def _peek(self, slot: int, head: int, tail: int, limit: int) -> tuple[PendingRecord, ...]:
         """Headers of the first ``limit`` pending records (caller holds the lock)."""
         found: list[PendingRecord] = []
-        position = header[self.HEAD]
-        while position < header[self.TAIL] and len(found) < limit:
+        position = head
+        while position < tail and len(found) < limit:
             raw = self._ring_read(slot, position, RECORD_HEADER_SIZE)
             size, kind, _flags, _slot, sender_id, group_id, posted_at = RECORD_HEADER.unpack(raw)
             if size < RECORD_HEADER_SIZE:  # never written that way; stop rather than loop

@@ -42,7 +42,6 @@ the kernel handed back (SEM_UNDO) after its holder died.
 from __future__ import annotations
 
 import os
-import struct
 import time
 import weakref
 from collections.abc import Callable
@@ -53,10 +52,12 @@ import sysv_ipc
 from shm import layout
 from shm.layout import (
     SEGMENT_HEADER,
-    TRACE_RECORD,
+    TRACE_BODY,
+    TRACE_BODY_SPLIT,
     TRACE_RECORD_SIZE,
     TRACE_RING_HEADER,
     TRACE_RING_HEADER_SIZE,
+    TRACE_RING_OWNER,
     TRACE_SEQ,
     IpcObject,
     TraceEvent,
@@ -67,14 +68,7 @@ from shm.trace_reader import POST_RESULTS, TraceReader
 
 Owner = TypeVar("Owner")
 
-#: The record without its ``seq``: the part the writer stores before the commit.
-_BODY = struct.Struct("<" + TRACE_RECORD.format[2:])
-assert _BODY.size == TRACE_RECORD_SIZE - 8
-#: The body split in two stores, so that a test can stop a writer between them.
-_BODY_HEAD = struct.Struct("<QiIH")  # t_ns, pid, who, event
-_BODY_HEAD_SIZE = _BODY_HEAD.size
-_ZERO_SEQ = bytes(8)
-_OWNER = struct.Struct("<I")  # client id, first field of a ring header
+_ZERO_SEQ = bytes(TRACE_SEQ.size)
 
 
 def format_segment(segment: sysv_ipc.SharedMemory, rings: int, records: int, server_pid: int) -> None:
@@ -112,11 +106,7 @@ class TraceTable:
         """The client id named in a ring's header (0: the parent, or nobody yet)."""
         if not 0 <= ring < self.rings:
             return 0
-        return _OWNER.unpack_from(self._view, self.ring_offset(ring))[0]
-
-    def ring_header(self, ring: int) -> tuple[int, int, int]:
-        """(client id, writer pid, records) of one ring."""
-        return TRACE_RING_HEADER.unpack_from(self._view, self.ring_offset(ring))
+        return TRACE_RING_OWNER.unpack_from(self._view, self.ring_offset(ring))[0]
 
     def name_ring(self, ring: int, client_id: int, pid: int = 0) -> None:
         """Say whose ring it is.  Only while it has no live writer, or by its writer."""
@@ -200,7 +190,7 @@ class TraceWriter:
         seq = self._seq + 1
         at = self._base + ((seq - 1) % self._records) * TRACE_RECORD_SIZE
         view = self._view
-        body = _BODY.pack(
+        body = TRACE_BODY.pack(
             time.monotonic_ns(),
             self.pid,
             self.who,
@@ -216,15 +206,16 @@ class TraceWriter:
             status,
             slot,
         )
-        view[at : at + 8] = _ZERO_SEQ  # 1. "being written": readers skip it from now on
+        fields = at + TRACE_SEQ.size
+        view[at:fields] = _ZERO_SEQ  # 1. "being written": readers skip it from now on
         if self.between_fields is None:
-            view[at + 8 : at + TRACE_RECORD_SIZE] = body  # 2. the fields
+            view[fields : at + TRACE_RECORD_SIZE] = body  # 2. the fields
         else:
-            middle = at + 8 + _BODY_HEAD_SIZE
-            view[at + 8 : middle] = body[:_BODY_HEAD_SIZE]
+            middle = fields + TRACE_BODY_SPLIT
+            view[fields:middle] = body[:TRACE_BODY_SPLIT]
             self.between_fields()
-            view[middle : at + TRACE_RECORD_SIZE] = body[_BODY_HEAD_SIZE:]
-        view[at : at + 8] = TRACE_SEQ.pack(seq)  # 3. the commit point
+            view[middle : at + TRACE_RECORD_SIZE] = body[TRACE_BODY_SPLIT:]
+        view[at:fields] = TRACE_SEQ.pack(seq)  # 3. the commit point
         self._seq = seq
 
     # -- the parent ------------------------------------------------------------
@@ -280,14 +271,14 @@ class TraceWriter:
 class TracedLock(HeldByBlock):
     """A ``BinaryLock`` that records ``lock`` (with µs waited) and ``unlock``.
 
-    Same interface as ``shm.locks.BinaryLock`` (so it is a ``TableLock``);
-    the tables cannot tell the difference.  ``ServerIpc.locks`` keeps the plain locks; the tables of a
+    Same interface as ``shm.locks.BinaryLock``: to the tables it is a
+    ``shm.locks.TableLock``, as mypy checks, and they cannot tell the
+    difference.  ``ServerIpc.locks`` keeps the plain locks; the tables of a
     traced server (``ipc.directory.lock``, ``ipc.messages.lock``) get these.
     It writes into the calling process's ring (``table.writer``) and does
-    nothing more than the plain lock when that is None.  ``unlock``
-    is recorded just *before* the semaphore is given back, so that in the
-    trace a lock's next holder always takes it after the previous one let go.
-    To the tables it is a ``shm.locks.TableLock``, as mypy checks.
+    nothing more than the plain lock when that is None.  ``unlock`` is
+    recorded just *before* the semaphore is given back, so that in the trace
+    a lock's next holder always takes it after the previous one let go.
     """
 
     def __init__(self, lock: BinaryLock, which: IpcObject, table: TraceTable) -> None:

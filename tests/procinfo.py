@@ -189,7 +189,7 @@ def diagnose(server) -> str:
     try:
         with attached(server.port) as ipc:
             lines.append(f"locks: {lock_values(ipc)}")
-            lines += [f"slot {c.slot}: {c}" for c in ipc.directory.all_slots()]
+            lines += [f"slot {c.slot}: {c}" for c in ipc.directory.snapshot()[0]]
             lines += [f"mailbox {m}" for m in ipc.messages.stats()]
     except Exception as exc:  # the diagnosis must never hide the failure
         lines.append(f"cannot attach: {exc!r}")

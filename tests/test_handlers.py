@@ -15,8 +15,8 @@ from protocol import commands, replies
 from protocol import group_replies as groups
 from server import handlers
 from server.caller import Caller
-from server.handlers import Outcome
 from server.outbox import OFFLINE
+from server.outcome import Outcome
 from shm.directory import ClientInfo
 from shm.layout import RecordKind
 

@@ -50,7 +50,7 @@ def snapshot(port: int) -> dict:
 def worker_pid(port: int, client_id: int) -> int:
     """From the client table itself (not from the inspector under test)."""
     with ServerIpc.attach(port) as ipc:
-        for row in ipc.directory.all_slots():
+        for row in ipc.directory.snapshot()[0]:
             if row.online and row.client_id == client_id:
                 return row.pid
     raise AssertionError(f"client {client_id} is not in the table")

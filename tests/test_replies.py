@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from protocol import group_replies as groups
 from protocol import replies
-from protocol.framing import encode_line
 
 SHA = "cd" * 32
-
-
-@given(st.text().filter(lambda t: "\n" not in t), st.integers(10000, 99999), st.integers(10000, 99999))
-def test_the_chat_lines_as_bytes_are_the_text_lines_encoded(text, sender, group_id):
-    # The receiving worker writes these bytes instead of the text lines: they must not differ.
-    payload = text.encode("utf-8")
-    assert replies.private_wire(sender, payload) == encode_line(replies.private(sender, text))
-    assert replies.broadcast_wire(sender, payload) == encode_line(replies.broadcast(sender, text))
-    assert replies.group_message_wire(group_id, sender, payload) == encode_line(
-        replies.group_message(group_id, sender, text)
-    )
 
 
 def test_the_limit_refusal_is_exactly_the_spec_string():

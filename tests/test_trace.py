@@ -20,12 +20,14 @@ import time
 
 import pytest
 import sysv_ipc
+import tablekit
 from conftest import ROOT, TIMEOUT, python_env
 
 from inspector.trace_view import TraceView, event_text, render
 from shm import layout
 from shm.discovery import running_servers
 from shm.layout import IpcObject, TraceEvent, WakeSource
+from shm.mailboxes import Posting, PostResult
 from shm.segments import ServerIpc, list_objects
 from shm.trace_reader import TraceRecord, with_undo
 
@@ -117,6 +119,27 @@ def test_every_field_reads_back_as_written(traced):
         "bytes": 41,
         "result": "delivered",
     }
+
+
+def test_a_traced_batch_records_one_post_per_record_at_its_offset(traced):
+    # A run of records for one mailbox goes in with one copy; the trace still
+    # shows each record where it lies, and the first one that found no room.
+    sender, receiver = tablekit.online(traced, 2)
+    traced.tracer_for(1 + sender.slot, sender.client_id)
+    room = traced.messages.mailbox_bytes
+    sizes = [100, 2000, 300, room - 2000]  # the last one does not fit after the others
+    to = (receiver.slot, receiver.generation)
+    posts = [Posting(*to, tablekit.record(bytes(n), sender.slot)) for n in sizes]
+    assert traced.messages.post(posts) == [PostResult.DELIVERED] * 3 + [PostResult.FULL]
+
+    found = [e for e in traced.trace.reader().read() if e.event is TraceEvent.POST]
+    header = layout.RECORD_HEADER_SIZE
+    assert [(e.offset, e.bytes, e.as_json()["result"]) for e in found] == [
+        (0, 100 + header, "delivered"),
+        (100 + header, 2000 + header, "delivered"),
+        (2100 + 2 * header, 300 + header, "delivered"),
+        (0, room - 2000 + header, "full"),
+    ]
 
 
 def test_writers_in_several_processes_each_fill_their_own_ring(traced):

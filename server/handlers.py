@@ -37,6 +37,7 @@ from server.caller import Caller
 from server.downloads import Downloads
 from server.outbox import OFFLINE, Delivery
 from server.outcome import Outcome
+from server.spool import decode_file_notice, encode_file_result
 from server.uploads import Uploads
 from shm.directory import ClientInfo, GroupChange, GroupError, GroupInfo
 from shm.layout import RecordKind
@@ -277,6 +278,36 @@ def handle(
 
 
 # -- departures (run by the parent after it reaps a worker) -----------------------
+
+
+def bounces(gone_id: int, unread: list[Record], transfers: list[str], ipc: ServerIpc) -> list[Delivery]:
+    """Tell senders that what they sent to a departed client was discarded.
+
+    ``unread`` is what was still in its mailbox: each private message goes
+    back to its sender as a bounce.  ``transfers`` are the files still
+    spooled for it: each sender gets the file's result, "it went offline".
+    """
+    online = ipc.directory.online_by_id()
+    out = []
+    names = {}
+    for record in unread:
+        if record.kind is RecordKind.FILE:
+            transfer, _size, _sha, _link, name = decode_file_notice(record.payload)
+            names[transfer] = name
+        if record.kind is not RecordKind.PRIVATE or record.sender_id not in online:
+            continue
+        sender = online[record.sender_id]
+        bounce = Record(RecordKind.BOUNCE, SERVER_SLOT, gone_id, 0, record.payload)
+        out.append(Delivery(Posting(sender.slot, sender.generation, bounce)))
+    for transfer in transfers:
+        sender_id = int(transfer.split("-")[0])
+        if sender_id not in online:
+            continue
+        sender = online[sender_id]
+        payload = encode_file_result(transfer, names.get(transfer, ""), gone_id, "it went offline")
+        result = Record(RecordKind.FILE_RESULT, SERVER_SLOT, 0, 0, payload)
+        out.append(Delivery(Posting(sender.slot, sender.generation, result)))
+    return out
 
 
 def departure_notices(left_id: int, how: str, changes: list[GroupChange], ipc: ServerIpc) -> list[Delivery]:

@@ -95,6 +95,15 @@ class Outbox:
         self.blocked = bool(self.pending)
         return lines
 
+    def clear(self) -> None:
+        """Forget what is pending without a word.
+
+        The parent does this at shutdown: its notices were for people who are
+        about to be told goodbye instead.
+        """
+        self.pending.clear()
+        self.blocked = False
+
     def discard(self, generic: Callable[[int, int], str]) -> list[str]:
         """Give up on everything still pending; return a line for each receiver.
 

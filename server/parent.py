@@ -44,7 +44,7 @@ from server.config import ServerConfig
 from server.doorbells import Doorbells
 from server.listener import Listener, Throttled, listening_socket, refuse, turned_away
 from server.outbox import Delivery, Outbox
-from server.spool import Spool, SpoolInUse, decode_file_notice, encode_file_result
+from server.spool import Spool, SpoolInUse
 from server.worker import describe_exit, run_worker
 from shm.layout import RecordKind
 from shm.mailboxes import Posting, Record
@@ -290,34 +290,11 @@ class ChatServer:
         log.info("client %d %s", caller.client_id, how or "closed at shutdown")
         if self.stopping:
             return
-        self.bounce(caller.client_id, unread, transfers)
+        assert self.outbox is not None
+        self.outbox.add(handlers.bounces(caller.client_id, unread, transfers, self.ipc))
         if how is not None:
-            assert self.outbox is not None
             self.outbox.add(handlers.departure_notices(caller.client_id, how, changes, self.ipc))
         self.post_pending()
-
-    def bounce(self, gone_id: int, unread: list[Record], transfers: list[str]) -> None:
-        """Tell senders that what they sent to a departed client was discarded."""
-        assert self.ipc is not None and self.outbox is not None
-        online = self.ipc.directory.online_by_id()
-        names = {}
-        for record in unread:
-            if record.kind is RecordKind.FILE:
-                transfer, _size, _sha, _link, name = decode_file_notice(record.payload)
-                names[transfer] = name
-            if record.kind is not RecordKind.PRIVATE or record.sender_id not in online:
-                continue
-            sender = online[record.sender_id]
-            bounce = Record(RecordKind.BOUNCE, handlers.SERVER_SLOT, gone_id, 0, record.payload)
-            self.outbox.add([Delivery(Posting(sender.slot, sender.generation, bounce))])
-        for transfer in transfers:
-            sender_id = int(transfer.split("-")[0])
-            if sender_id not in online:
-                continue
-            sender = online[sender_id]
-            payload = encode_file_result(transfer, names.get(transfer, ""), gone_id, "it went offline")
-            result = Record(RecordKind.FILE_RESULT, handlers.SERVER_SLOT, 0, 0, payload)
-            self.outbox.add([Delivery(Posting(sender.slot, sender.generation, result))])
 
     def post_pending(self) -> None:
         """Post the parent's notices; what finds a full mailbox is retried soon."""
@@ -341,7 +318,7 @@ class ChatServer:
             # A goodbye that finds a full mailbox (its worker lags) is retried
             # until the grace period ends: only then is a worker killed.
             goodbye = Record(RecordKind.SHUTDOWN, handlers.SERVER_SLOT, 0, 0, b"")
-            self.outbox.pending.clear()  # notices for people about to be told goodbye
+            self.outbox.clear()  # notices for people about to be told goodbye
             self.outbox.add(
                 Delivery(Posting(c.caller.slot, c.caller.generation, goodbye)) for c in self.children.values()
             )

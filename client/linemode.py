@@ -27,7 +27,9 @@ def run_line_mode(sock: socket.socket, download_dir: str) -> int:
     sock.setblocking(False)
     stdin_fd = sys.stdin.fileno()
     os.set_blocking(stdin_fd, False)
-    selector = selectors.DefaultSelector()
+    # poll, not epoll (the DefaultSelector): epoll refuses a regular file or
+    # /dev/null with EPERM, and `./dev client < commands.txt` is line mode too.
+    selector = selectors.PollSelector()
     selector.register(sock, selectors.EVENT_READ, "socket")
     selector.register(stdin_fd, selectors.EVENT_READ, "stdin")
     typed = bytearray()

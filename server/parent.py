@@ -50,7 +50,7 @@ from shm.layout import RecordKind
 from shm.mailboxes import Posting, Record
 from shm.segments import IpcInUse, ServerIpc
 from shm.trace import TraceWriter
-from syscalls import faults
+from syscalls import faults, programs
 
 log = logging.getLogger(__name__)
 
@@ -384,14 +384,18 @@ def run(config: ServerConfig) -> int:
     try:
         host, port = server.start()
     except StartupError as exc:
-        print(f"shmchat-server: {exc}", file=sys.stderr)
+        print(f"{programs.command('server')}: {exc}", file=sys.stderr)
         server.shutdown()
         return 1
-    print(
-        f"shmchat server listening on {host}:{port} "
-        f"(pid {os.getpid()}, up to {config.max_clients} clients; Ctrl-C stops it)",
-        flush=True,
-    )
+    try:
+        print(
+            f"shmchat server listening on {host}:{port} "
+            f"(pid {os.getpid()}, up to {config.max_clients} clients; Ctrl-C stops it)",
+            flush=True,
+        )
+    except BrokenPipeError:  # stdout's reader is gone (| head): remove what was made, then end quietly
+        server.shutdown()
+        raise
     status = server.serve_forever()
     print("shmchat server stopped; its shared memory and semaphores are removed", flush=True)
     return status

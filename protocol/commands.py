@@ -212,7 +212,8 @@ def _split_text(rest: str, command: str) -> tuple[str, str]:
     """Split ``<id> <message>``; the message keeps every space after the first."""
     match = _ID_AND_TEXT.match(rest)
     if match is None or not match.group(2).strip():
-        raise CommandError(f"{command}: a message is missing; {_usage(command)}")
+        missing = "a message is" if rest.strip() else "an id and a message are"
+        raise CommandError(f"{command}: {missing} missing; {_usage(command)}")
     return match.group(1), match.group(2)
 
 

@@ -1,0 +1,63 @@
+"""Small lines that read wrong once, each checked where a person reads it.
+
+The client's own errors name a path once; ``/send`` with nothing after it
+says that both the id and the message are missing; docs/protocol.md's
+"Connecting" has no paragraph left hanging; the README says where ``nc``
+comes from and what the client's exit status means (tests/test_interactive.py
+checks the statuses themselves).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import ROOT
+
+from protocol.commands import CommandError, parse
+
+README = (ROOT / "README.md").read_text()
+PROTOCOL = (ROOT / "docs" / "protocol.md").read_text()
+
+
+def test_send_with_nothing_says_both_the_id_and_the_message_are_missing() -> None:
+    with pytest.raises(CommandError) as raised:
+        parse("/send")
+    assert str(raised.value) == "/send: an id and a message are missing; usage: /send <client id> <message>"
+    with pytest.raises(CommandError, match=r"^/send: a message is missing; "):
+        parse("/send 12345")
+
+
+def test_sendfile_of_a_missing_file_names_the_path_once(line_client, tmp_path) -> None:
+    client = line_client()
+    missing = tmp_path / "nonexistent.bin"
+    client.send(f"/sendfile 12345 {missing}")
+    line = client.expect(r"^\[error\] /sendfile").string
+    assert line == f"[error] /sendfile: cannot read {missing}: no such file; nothing was sent"
+
+
+def section(text: str, heading: str) -> str:
+    return text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_protocol_connecting_has_no_paragraph_left_hanging() -> None:
+    paragraphs = [p for p in section(PROTOCOL, "Connecting").split("\n\n") if p.strip()]
+    # Every paragraph of prose starts a sentence (a code block starts with ```, a list or a parenthesis).
+    hanging = [p for p in paragraphs if not re.match(r"[A-Z(`*|-]", p.strip())]
+    assert hanging == []
+    assert "Connection Limit Exceeded !!" in section(PROTOCOL, "Connecting")
+
+
+def test_readme_says_which_debian_package_gives_nc() -> None:
+    assert "nc 127.0.0.1 5000" in README
+    assert "apt-get install netcat-openbsd" in README
+
+
+def test_readme_gives_the_client_exit_statuses_the_code_returns() -> None:
+    client = section(README, "The client")
+    said = " ".join(client.split())
+    assert (
+        "the server goes away (stopped with Ctrl-C, or lost) the client says so and exits with status 1"
+        in said
+    )
+    assert "Ctrl-D or Ctrl-C is status 0" in said and "status 2, in line mode too" in said

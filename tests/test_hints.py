@@ -94,6 +94,13 @@ def test_no_program_tells_the_user_to_type_python_m() -> None:
     assert found == []
 
 
+def test_the_demo_and_dev_name_no_python_m_either() -> None:
+    """The demo's pane titles say what runs in each pane; ./dev help what to type."""
+    for script in ("dev", "scripts/demo.sh"):
+        text = (ROOT / script).read_text()
+        assert re.findall(r".*\bpython3? -m .*", text) == [], script
+
+
 def test_a_server_without_trace_gets_a_hint_that_runs(start_server) -> None:
     server = start_server()
     result = run("shm", "trace", "--port", str(server.port))

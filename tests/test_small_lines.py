@@ -4,7 +4,8 @@ The client's own errors name a path once; ``/send`` with nothing after it
 says that both the id and the message are missing; docs/protocol.md's
 "Connecting" has no paragraph left hanging; the README says where ``nc``
 comes from and what the client's exit status means (tests/test_interactive.py
-checks the statuses themselves).
+checks the statuses themselves); docs/demo.md opens with the instructor's
+one-page handout.
 """
 
 from __future__ import annotations
@@ -61,3 +62,25 @@ def test_readme_gives_the_client_exit_statuses_the_code_returns() -> None:
         in said
     )
     assert "Ctrl-D or Ctrl-C is status 0" in said and "status 2, in line mode too" in said
+
+
+def test_demo_md_opens_with_a_one_page_handout() -> None:
+    """What to start, what to type, what to point at, which lesson shows what: before any capture."""
+    from lessons.__main__ import LESSONS
+
+    demo = (ROOT / "docs" / "demo.md").read_text()
+    handout, _rule, captures = demo.partition("\n---\n")
+    assert captures, "docs/demo.md: the handout ends with a --- rule, the captures follow it"
+    assert len(handout.splitlines()) <= 60
+    for needed in (
+        "160 columns \u00d7 45 lines",
+        "./dev demo",
+        "./dev demo-stop",
+        "| point at |",
+        "Ctrl-b z",
+    ):
+        assert needed in handout, needed
+    for name in LESSONS:
+        assert f"`./dev lesson {name}`" in handout, name
+        assert f"\n### `{name}`: " in captures, name
+    assert not re.search(r"\bpython3? -m ", demo)

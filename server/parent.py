@@ -383,16 +383,15 @@ def run(config: ServerConfig) -> int:
     server = ChatServer(config)
     try:
         host, port = server.start()
-    except StartupError as exc:
-        print(f"{programs.command('server')}: {exc}", file=sys.stderr)
-        server.shutdown()
-        return 1
-    try:
         print(
             f"shmchat server listening on {host}:{port} "
             f"(pid {os.getpid()}, up to {config.max_clients} clients; Ctrl-C stops it)",
             flush=True,
         )
+    except StartupError as exc:
+        print(f"{programs.command('server')}: {exc}", file=sys.stderr)
+        server.shutdown()
+        return 1
     except BrokenPipeError:  # stdout's reader is gone (| head): remove what was made, then end quietly
         server.shutdown()
         raise

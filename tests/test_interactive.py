@@ -608,3 +608,16 @@ def test_a_failure_is_marked_only_against_the_message_it_names() -> None:
     assert sent.failed(replies.notice("you are the only member of group 44444; not sent")) is to_group
     assert sent.failed(replies.notice("nobody else is online; broadcast not sent")) is None
     assert sent.failed(replies.discarded(22222), now=time.monotonic() + 60) is None  # long forgotten
+
+
+def test_line_mode_shows_exactly_what_the_server_sends_and_no_echo(server, connect, line_client) -> None:
+    """Scripts parse line mode: the sender's own /send, /broadcast and /sendgroup are not echoed."""
+    other = connect()
+    client = line_client()
+    client.send(f"/send {other.id} one")
+    client.send("/broadcast two")
+    client.send("/send 99999 three" if other.id != 99999 else "/send 99998 three")
+    client.expect(r"^\[error\] client \d{5} is offline; message discarded$")
+    client.send("/active")
+    client.expect(r"^\[active\]")
+    assert not [line for line in client.seen if "you →" in line or "✗" in line]

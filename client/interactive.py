@@ -353,13 +353,13 @@ class InteractiveClient:
         self.roster = Roster()
         self.transfers = Transfers()
         self.quiet = QuietReplies()
-        self.sent = SentMessages()
         self.session = ClientSession(sock, download_dir, self.show, self.on_progress)
         self.prompt: PromptSession | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.writing = False
         self.quit_when_idle = False
         self.ended: asyncio.Event | None = None
+        self.sent = SentMessages()
 
     # -- lines from the server (and from the session itself) -------------------------
 

@@ -57,11 +57,9 @@ def test_readme_says_which_debian_package_gives_nc() -> None:
 def test_readme_gives_the_client_exit_statuses_the_code_returns() -> None:
     client = section(README, "The client")
     said = " ".join(client.split())
-    assert (
-        "the server goes away (stopped with Ctrl-C, or lost) the client says so and exits with status 1"
-        in said
-    )
-    assert "Ctrl-D or Ctrl-C is status 0" in said and "status 2, in line mode too" in said
+    assert "If the server goes away the client says so and exits with status 1." in said
+    assert "The exit status is 0 when you leave (`/quit`, Ctrl-D, Ctrl-C), 1 when the server" in said
+    assert "(stopped with Ctrl-C, or lost" in said and "2 when the server is full" in said
 
 
 def test_demo_md_opens_with_a_one_page_handout() -> None:

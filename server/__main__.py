@@ -8,7 +8,7 @@ import sys
 
 from protocol.wire import DEFAULT_PORT
 from server.config import MiB, ServerConfig
-from server.parent import run
+from server.parent import StartupError, run
 from shm import layout
 from syscalls import programs
 
@@ -90,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         lesson_hooks=args.lesson_hooks,
         trace=args.trace,
     )
-    return run(config)
+    try:
+        return run(config)
+    except StartupError as exc:  # one line, and run() has removed whatever it made
+        print(f"{programs.command('server')}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

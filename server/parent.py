@@ -31,7 +31,6 @@ import os
 import selectors
 import signal
 import socket
-import sys
 import time
 from dataclasses import dataclass
 
@@ -50,7 +49,7 @@ from shm.layout import RecordKind
 from shm.mailboxes import Posting, Record
 from shm.segments import IpcInUse, ServerIpc
 from shm.trace import TraceWriter
-from syscalls import faults, programs
+from syscalls import faults
 
 log = logging.getLogger(__name__)
 
@@ -388,11 +387,7 @@ def run(config: ServerConfig) -> int:
             f"(pid {os.getpid()}, up to {config.max_clients} clients; Ctrl-C stops it)",
             flush=True,
         )
-    except StartupError as exc:
-        print(f"{programs.command('server')}: {exc}", file=sys.stderr)
-        server.shutdown()
-        return 1
-    except BrokenPipeError:  # stdout's reader is gone (| head): remove what was made, then end quietly
+    except BaseException:  # StartupError (said by __main__), or nobody reading stdout: remove what was made
         server.shutdown()
         raise
     status = server.serve_forever()

@@ -205,7 +205,8 @@ def test_a_closed_pipe_ends_every_program_quietly(start_server, command: tuple[s
 def test_a_server_whose_stdout_is_closed_ends_quietly_and_removes_its_objects() -> None:
     port = free_port()
     result = run_into_closed_pipe("server", "--port", str(port))
-    assert result.stderr == ""
+    # Its log (stderr) may say what it set up; nothing about the pipe.
+    assert not re.search(r"Traceback|BrokenPipe|Exception ignored", result.stderr), result.stderr
     assert result.returncode == programs.CLOSED_PIPE_STATUS
     assert list_objects(port) == []
 

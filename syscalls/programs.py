@@ -1,4 +1,4 @@
-"""What every program of shmchat does the same way at its edges: name itself, and end on a closed pipe.
+"""What every program of shmchat does alike at its edges: name itself, check --port, end on a closed pipe.
 
 **Names.**  A hint a program prints ("start one: ./dev server") must be a
 command that works where the user is.  From a checkout the programs run from
@@ -93,8 +93,9 @@ def stdout_closed() -> bool:
 def tcp_port(text: str) -> int:
     """``--port`` of the programs that reach a server (argparse ``type``): 1-65535, said at once.
 
-    Without the check ``--port 70000`` reaches ``connect`` as some other
-    port, or the key arithmetic of ``shm.layout`` as a traceback.
+    Without it ``--port 70000`` reaches ``connect`` and comes back as
+    ``Connection refused``, or reaches the key arithmetic of ``shm.layout``
+    and comes back as a traceback.
     """
     try:
         port = int(text)

@@ -1,4 +1,4 @@
-"""``python -m client``: connect to a shmchat server.
+"""``./dev client`` (``shmchat-client`` once installed): connect to a shmchat server.
 
 Interactive when stdin is a terminal (incoming messages print above the line
 being typed); line mode otherwise (one command per input line, every server
@@ -13,14 +13,19 @@ import sys
 
 from client.files import default_download_quota
 from protocol.wire import DEFAULT_PORT, format_address
+from syscalls import programs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="shmchat-client", description="Chat with a shmchat server.")
+    parser = argparse.ArgumentParser(
+        prog=programs.command("client"), description="Chat with a shmchat server."
+    )
     parser.add_argument(
         "--host", default="127.0.0.1", help="server address or name, IPv4 or IPv6 (default: %(default)s)"
     )
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="server port (default: %(default)s)")
+    parser.add_argument(
+        "--port", type=programs.tcp_port, default=DEFAULT_PORT, help="server port (default: %(default)s)"
+    )
     parser.add_argument(
         "--download-dir", default="downloads", help="where received files are saved (default: ./%(default)s)"
     )
@@ -41,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@programs.quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     server = format_address(args.host, args.port)
@@ -48,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         sock = socket.create_connection((args.host, args.port), timeout=10)  # getaddrinfo: IPv4 or IPv6
     except OSError as exc:
         print(
-            f"shmchat-client: cannot connect to {server}: {exc.strerror or exc}",
+            f"{programs.command('client')}: cannot connect to {server}: {exc.strerror or exc}",
             file=sys.stderr,
         )
         return 1

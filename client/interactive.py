@@ -17,8 +17,13 @@ What the person gets:
 * ``/help`` and ``/help <command>`` answered at once from the command table;
 * a bottom toolbar: own id, server address, online count, groups, and a
   progress bar with bytes and speed for each file moving;
-* Ctrl-D and Ctrl-C leave as ``/quit`` does (exit status 0); a lost
-  connection is said in plain words and the exit status is 1.
+* what you send (``/send``, ``/broadcast``, ``/sendgroup``) shown at once in
+  the conversation, as yours (``you → 12345: text``), and a failure to
+  deliver it marked against it (``client.interactive.SentMessages``);
+* Ctrl-D and Ctrl-C leave as ``/quit`` does (exit status 0); a server that
+  ends the session (it is shutting down) or a lost connection is said in
+  plain words, and the exit status is 1: the session did not end because
+  the person asked, which a script or the shell's prompt can see.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from client.completion import ChatCompleter
 from client.roster import Roster
 from client.session import ClientSession, Progress
-from client.styles import STYLE, Fragments, format_line, id_colour, to_ansi
+from client.styles import STYLE, Fragments, format_line, id_colour, own_message, to_ansi
 from protocol import commands, replies
 
 #: How long a finished transfer stays on the toolbar.
@@ -51,6 +56,8 @@ FINISHED_SHOWN_SECONDS = 5.0
 QUIT_WAIT_SECONDS = 3.0
 #: Quiet queries older than this are forgotten (their reply is shown if it comes).
 QUIET_EXPIRES_SECONDS = 5.0
+#: How long a sent message waits for a failure line to be marked against it.
+SENT_REMEMBERED_SECONDS = 10.0
 
 KEY_TIPS = (
     "ids are 5-digit numbers; /active shows who is online",
@@ -269,6 +276,69 @@ class QuietReplies:
         return True
 
 
+# -- what the person sent ----------------------------------------------------------------
+
+
+@dataclass
+class Sent:
+    target: str  # "12345", "all" or "group 4711", as the echo shows it
+    text: str
+    failure: re.Pattern[str]  # the body of a server line saying it was not delivered
+    kinds: tuple[str, ...]  # the kinds of line that can say so
+    at: float
+
+
+class SentMessages:
+    """The messages the person sent in the last few seconds, to mark a failure against.
+
+    The server says nothing when a message is posted, and one line when it is
+    not: an ``[error]`` naming the receiver (``client 12345 is offline; message
+    discarded``, ``you are not a member of group 4711``) or a notice ending in
+    ``not sent`` (``nobody else is online; broadcast not sent``).  Lines come
+    back in the order the commands went, so such a line is about the oldest
+    recent message it names.  Line mode shows none of this: scripts parse
+    exactly what the server sends.
+    """
+
+    def __init__(self) -> None:
+        self.recent: deque[Sent] = deque()
+
+    def record(self, line: str, now: float | None = None) -> Sent | None:
+        """The message a typed line sends (None for any other command, or a malformed one)."""
+        try:
+            request = commands.parse(line)
+        except commands.CommandError:
+            return None  # the server's [error] says what is wrong with it
+        now = time.monotonic() if now is None else now
+        if isinstance(request, commands.Send):
+            target = str(request.target)
+            sent = Sent(target, request.text, re.compile(rf"\b{target}\b"), ("error",), now)
+        elif isinstance(request, commands.SendGroup):
+            target = f"group {request.group_id}"
+            failure = re.compile(rf"\b{request.group_id}\b(?:.*not sent$)?")
+            sent = Sent(target, request.text, failure, ("error", "server"), now)
+        elif isinstance(request, commands.Broadcast):
+            sent = Sent("all", request.text, re.compile(r"broadcast not sent$"), ("server",), now)
+        else:
+            return None
+        self.recent.append(sent)
+        return sent
+
+    def failed(self, line: str, now: float | None = None) -> Sent | None:
+        """The recent message a server line says was not delivered, if it says so of one."""
+        now = time.monotonic() if now is None else now
+        while self.recent and now - self.recent[0].at > SENT_REMEMBERED_SECONDS:
+            self.recent.popleft()
+        parsed = replies.classify(line)
+        if parsed.kind == "server" and not parsed.body.endswith("not sent"):
+            return None  # "client 12345 left" names a receiver without being about a message
+        for sent in self.recent:
+            if parsed.kind in sent.kinds and sent.failure.search(parsed.body):
+                self.recent.remove(sent)
+                return sent
+        return None
+
+
 # -- the client ----------------------------------------------------------------------
 
 
@@ -291,6 +361,7 @@ class InteractiveClient:
         self.writing = False
         self.quit_when_idle = False
         self.ended: asyncio.Event | None = None
+        self.sent = SentMessages()
 
     # -- lines from the server (and from the session itself) -------------------------
 
@@ -303,7 +374,12 @@ class InteractiveClient:
         if self.quiet.swallow(line):
             self.redraw()
             return
-        self.print_fragments(format_line(line, self.roster.my_id))
+        fragments = format_line(line, self.roster.my_id)
+        failed = self.sent.failed(line)
+        if failed is not None:
+            snippet = failed.text if len(failed.text) <= 40 else failed.text[:39] + "…"
+            fragments.append(("class:mine.failed", f"  ✗ you → {failed.target}: {snippet}"))
+        self.print_fragments(fragments)
         self.redraw()
 
     def print_fragments(self, fragments: Fragments) -> None:
@@ -366,6 +442,10 @@ class InteractiveClient:
         self.writing = False
         app = self.prompt.app if self.prompt is not None else None
         if app is not None and app.is_running and app.future is not None and not app.future.done():
+            # An empty prompt would stay behind as a lone "> " line under the
+            # server's last word (Connection Limit Exceeded !!): take it away.
+            # A half-typed line stays, so that the person sees what was not sent.
+            app.erase_when_done = not app.current_buffer.text
             app.exit(exception=ConnectionEnded())
 
     # -- what the person types ------------------------------------------------------------
@@ -384,6 +464,9 @@ class InteractiveClient:
                 self.leave()
                 continue
             self.session.send_user_line(line)
+            sent = self.sent.record(stripped)
+            if sent is not None:
+                self.print_fragments(own_message(sent.target, sent.text, self.roster.my_id))
         self.after_io()
 
     def leave(self) -> None:
@@ -464,8 +547,8 @@ class InteractiveClient:
         if session.quit_sent:
             return 0
         if session.said_goodbye:
-            print(f"The server at {self.address} ended the session.")
-            return 0
+            print(f"The server at {self.address} ended the session.", file=sys.stderr)
+            return 1
         print(
             f"Lost the connection to the server at {self.address}: "
             "it stopped or crashed, or the network failed.",

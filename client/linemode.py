@@ -3,7 +3,9 @@
 Made for scripts and tests: every line from the server is printed to stdout
 at once (flushed), with control characters made visible; no colours, no
 escape sequences.  End of input means /quit, once any upload in flight has
-been sent.
+been sent.  The exit status is 0 when the session ended that way, 1 when
+the server ended it (shutting down) or the connection was lost, 2 when the
+server was full.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ def run_line_mode(sock: socket.socket, download_dir: str, download_quota: int | 
     sock.setblocking(False)
     stdin_fd = sys.stdin.fileno()
     os.set_blocking(stdin_fd, False)
-    selector = selectors.DefaultSelector()
+    # poll, not epoll (the DefaultSelector): epoll refuses a regular file or
+    # /dev/null with EPERM, and `./dev client < commands.txt` is line mode too.
+    selector = selectors.PollSelector()
     selector.register(sock, selectors.EVENT_READ, "socket")
     selector.register(stdin_fd, selectors.EVENT_READ, "stdin")
     typed = bytearray()
@@ -69,4 +73,6 @@ def run_line_mode(sock: socket.socket, download_dir: str, download_quota: int | 
         os.set_blocking(stdin_fd, True)
     if session.refused:
         return 2
-    return 0 if (session.said_goodbye or session.quit_sent) else 1
+    # 0 when the session ended as asked (/quit, or end of input); 1 when the
+    # server ended it or the connection was lost, as in interactive mode.
+    return 0 if session.quit_sent else 1

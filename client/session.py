@@ -114,9 +114,8 @@ class ClientSession:
         path = os.path.expanduser(args[1])
         try:
             if not os.path.isfile(path):
-                raise OSError(
-                    f"{args[1]} is not a regular file" if os.path.exists(path) else f"no such file: {args[1]}"
-                )
+                # The line below names the path once; the reason does not repeat it.
+                raise OSError("it is not a regular file" if os.path.exists(path) else "no such file")
             size, digest = sha256_of(path)
         except OSError as exc:
             self.emit(

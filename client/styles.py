@@ -51,6 +51,8 @@ STYLE = Style.from_dict(
         "bye": "bold",
         "file": "bold #5f87ff",
         "me": "underline",
+        "mine": "bold",
+        "mine.failed": "#ff5f5f",
         "prompt": "bold",
         # the bottom toolbar
         "bottom-toolbar": "noreverse bg:#303030 #d0d0d0",
@@ -140,6 +142,24 @@ def format_line(line: str, my_id: int | None = None, now: float | None = None) -
         label = "[ok] " if kind == "ok" else "[saved] " if kind == "saved" else ""
         return [*stamp, (style, label), *with_ids(body, style, my_id)]
     return [*stamp, ("", printable(line))]
+
+
+def own_message(target: str, text: str, my_id: int | None, now: float | None = None) -> Fragments:
+    """What the person just sent, as the conversation shows it: ``you → 12345: text``.
+
+    ``target`` is ``"12345"``, ``"all"`` or ``"group 4711"``: an id takes its
+    colour, as it does in every other line.
+    """
+    stamp: Fragments = [("class:time", time.strftime("%H:%M:%S ", time.localtime(now)))]
+    you = f"bold {id_colour(my_id)}" if my_id is not None else "class:mine"
+    return [
+        *stamp,
+        (you, "you"),
+        ("class:mine", " → "),
+        *with_ids(target, "class:mine", my_id),
+        ("class:mine", ": "),
+        ("class:chat", printable(text)),
+    ]
 
 
 def color_depth() -> ColorDepth:

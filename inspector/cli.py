@@ -20,12 +20,13 @@ from inspector import views
 from inspector.json_view import snapshot_json
 from shm.layout import IpcObject
 from shm.snapshot import NotRunning, take_snapshot
+from syscalls import programs
 
 
 def inspect_command(port: int, watch: float | None, as_json: bool, color_choice: str) -> int:
     """Run the command as parsed: the exit status (2 for a bad combination of flags)."""
     if watch is not None and as_json:
-        print("python -m shm inspect: --watch and --json do not go together", file=sys.stderr)
+        print(f"{programs.command('shm')} inspect: --watch and --json do not go together", file=sys.stderr)
         return 2
     color = use_color(color_choice, sys.stdout)
     if watch is not None:
@@ -47,7 +48,7 @@ def run_once(port: int, as_json: bool, color: bool) -> int:
     try:
         snap = take_snapshot(port)
     except NotRunning as exc:
-        print(f"shm inspect: {exc}", file=sys.stderr)
+        print(f"{programs.command('shm')} inspect: {exc}", file=sys.stderr)
         return 1
     sys.stdout.write(snapshot_json(snap) + "\n" if as_json else views.render_text(snap, color))
     return 0

@@ -17,6 +17,7 @@ import time
 
 from inspector.trace_view import TraceView
 from shm.trace_reader import TraceRecord, TraceUnavailable, UndoTracker, open_trace, with_undo
+from syscalls import programs
 
 #: Seconds between two reads of the rings with --follow.  The rings have
 #: nothing to wait on (their writers never block and never signal anyone, on
@@ -48,7 +49,7 @@ def trace_command(port: int, follow: bool, as_json: bool) -> int:
     try:
         reader = open_trace(port)
     except TraceUnavailable as exc:
-        print(f"python -m shm trace: {exc}", file=sys.stderr)
+        print(f"{programs.command('shm')} trace: {exc}", file=sys.stderr)
         return 1
     seen: dict[int, int] = {}  # ring -> the last seq read from it
     try:
@@ -75,7 +76,9 @@ def trace_command(port: int, follow: bool, as_json: bool) -> int:
                 reader = open_trace(port)
             except TraceUnavailable:
                 show(tracker.feed(waiting) + tracker.finish())
-                print(f"python -m shm trace: the server on port {port} has stopped", file=sys.stderr)
+                print(
+                    f"{programs.command('shm')} trace: the server on port {port} has stopped", file=sys.stderr
+                )
                 return 0
             try:
                 waiting = sorted(waiting + reader.read(seen), key=_order)

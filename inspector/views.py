@@ -28,6 +28,7 @@ from shm import layout
 from shm.layout import IpcObject, RecordKind
 from shm.segments import IpcEntry
 from shm.snapshot import Snapshot
+from syscalls import programs
 
 OBJECT_LABELS = {
     IpcObject.CLIENTS_SEGMENT: "client table",
@@ -370,5 +371,5 @@ def waiting_screen(port: int, reason: str, color: bool, width: int) -> Screen:
     screen.add(("title", f" shmchat inspector · port {port} "), ("", "  "), ("label", _clock(time.time())))
     screen.blank()
     screen.add(("warn", f" {reason}"))
-    screen.add(("dim", f" waiting for a server: python -m server --port {port}"))
+    screen.add(("dim", f" waiting for a server: {programs.command('server')} --port {port}"))
     return screen

@@ -1,4 +1,7 @@
-"""``python -m lessons [NAME] [--port P] [--no-pause]``: list the lessons, or run one (``./dev lesson``)."""
+"""``./dev lesson [NAME] [--port P] [--no-pause]``: list the lessons, or run one.
+
+Once installed (``pip install .``) the command is ``shmchat-lesson``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from lessons import backpressure, cleanup, send, undo
-from lessons.kit import LessonFailed, Narrator, find_port
+from lessons.kit import LessonFailed, Narrator, demo_command, find_port
+from syscalls import programs
 
 
 class Lesson(NamedTuple):
@@ -32,8 +36,9 @@ LESSONS: dict[str, Lesson] = {
 
 
 def listing() -> str:
-    lines = ["Guided lessons, run against the demo's server (start it first: ./dev demo):", ""]
-    lines += [f"  ./dev lesson {name:13} {lesson.summary}" for name, lesson in LESSONS.items()]
+    lesson_command = programs.command("lesson")
+    lines = [f"Guided lessons, run against the demo's server (start it first: {demo_command()}):", ""]
+    lines += [f"  {lesson_command} {name:13} {lesson.summary}" for name, lesson in LESSONS.items()]
     lines += [
         "",
         "Each lesson says what to look at in the demo's trace and inspector panes, one step at a time.",
@@ -41,13 +46,19 @@ def listing() -> str:
     return "\n".join(lines)
 
 
+@programs.quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="./dev lesson", description=listing(), formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=programs.command("lesson"),
+        description=listing(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("name", nargs="?", choices=list(LESSONS), help="the lesson to run (none: list them)")
     parser.add_argument(
-        "--port", type=int, default=None, help="the demo server's port (default: the one running)"
+        "--port",
+        type=programs.tcp_port,
+        default=None,
+        help="the demo server's port (default: the one running)",
     )
     parser.add_argument(
         "--no-pause",
@@ -60,14 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     narrator = Narrator(pause=sys.stdin.isatty() and not args.no_pause)
     try:
-        port = find_port(args.port, f"./dev lesson {args.name}")
+        port = find_port(args.port, f"{programs.command('lesson')} {args.name}")
         LESSONS[args.name].run(port, narrator)
     except LessonFailed as exc:
         print(f"\nlesson {args.name}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    print(f"\nEnd of lesson {args.name}. The others: ./dev lesson")
+    print(f"\nEnd of lesson {args.name}. The others: {programs.command('lesson')}")
     return 0
 
 

@@ -29,7 +29,7 @@ from shm.layout import IpcObject, TraceEvent
 from shm.segments import list_objects, live_server_pid
 from shm.snapshot import NotRunning, take_snapshot
 from shm.trace_reader import TraceRecord, TraceUnavailable, open_trace, with_undo
-from syscalls import processes
+from syscalls import processes, programs
 from syscalls.processes import pid_alive
 
 T = TypeVar("T")
@@ -38,8 +38,6 @@ T = TypeVar("T")
 PATIENCE = 15.0
 #: Seconds between two looks at state that cannot be waited on (see the module docstring).
 LOOK_INTERVAL = 0.02
-#: The command the narration tells people to type.
-DEMO_COMMAND = "./dev demo"
 
 
 class LessonFailed(Exception):
@@ -213,14 +211,25 @@ def connect_all(port: int, names: str, settle: list[ChatClient] | None = None) -
 # -- eyes on the server ------------------------------------------------------------------
 
 
-def find_port(port: int | None, command: str = "./dev lesson") -> int:
+def demo_command() -> str:
+    """What starts the demo's server where the user is: ./dev demo, or the server with the demo's flags.
+
+    An installed copy has no demo script (it is tmux and a checkout's .venv), so
+    there the lessons name the server command with what the demo gives it.
+    """
+    if programs.from_checkout():
+        return f"{programs.dev_script()} demo"
+    return f"{programs.command('server')} --trace --lesson-hooks --max-clients 8"
+
+
+def find_port(port: int | None, command: str) -> int:
     """The demo's port, or LessonFailed saying how to start the demo."""
     if port is None:
         servers = discovery.running_servers()
         if not servers:
             raise LessonFailed(
                 f"no shmchat server of yours is running. The lessons run against the demo's server: "
-                f"start it with '{DEMO_COMMAND}' (in another terminal), then run '{command}' again"
+                f"start it with '{demo_command()}' (in another terminal), then run '{command}' again"
             )
         if len(servers) > 1:
             listed = "; ".join(discovery.describe(s) for s in servers)
@@ -232,12 +241,12 @@ def find_port(port: int | None, command: str = "./dev lesson") -> int:
     if not objects:
         raise LessonFailed(
             f"no shmchat server on port {port}. The lessons run against the demo's server: start it "
-            f"with '{DEMO_COMMAND} --port {port}' (in another terminal), then run '{command}' again"
+            f"with '{demo_command()} --port {port}' (in another terminal), then run '{command}' again"
         )
     if not any(e.obj == IpcObject.TRACE_SEGMENT for e in objects):
         raise LessonFailed(
             f"the server on port {port} runs without --trace. The lessons need the demo's server: "
-            f"stop this one and start '{DEMO_COMMAND}' (python -m server --trace --lesson-hooks)"
+            f"stop this one and start '{demo_command()}'"
         )
     return port
 

@@ -12,6 +12,7 @@ from lessons.kit import (
     Semaphore,
     TraceTail,
     connect_all,
+    demo_command,
     describe_event,
     wait_until,
     worker_pid,
@@ -52,7 +53,7 @@ def run(port: int, say: Narrator) -> None:
             if line is None or line.startswith("[error]"):
                 raise LessonFailed(
                     f"the server refused /holdlock ({line!r}): it runs without --lesson-hooks; "
-                    "./dev demo starts it with them"
+                    f"'{demo_command()}' starts it with them"
                 )
             return lock.value == 0 and lock.last_pid == h_pid
 

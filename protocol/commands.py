@@ -224,9 +224,9 @@ def _split_text(rest: str, command: str) -> tuple[str, str]:
     """Split ``<id> <message>``; the message keeps every space after the first."""
     match = _ID_AND_TEXT.match(rest)
     if match is None or not match.group(2).strip():
-        raise CommandError(f"{command}: a message is missing; {_usage(command)}")
-    target, text = match.groups()
-    return target, text
+        missing = "a message is" if rest.strip() else "an id and a message are"
+        raise CommandError(f"{command}: {missing} missing; {_usage(command)}")
+    return match.group(1), match.group(2)
 
 
 def _no_arguments(name: str, rest: str) -> None:

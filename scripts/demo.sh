@@ -188,9 +188,9 @@ start() {
     c="$(tmux_ split-window -v -l 50% -t "$b" -P -F '#{pane_id}' "$run _client $PORT C $q_state")"
     trace="$(tmux_ split-window -v -l 40% -t "$inspector" -P -F '#{pane_id}' "$run _trace $PORT")"
 
-    tmux_ select-pane -t "$server" -T "server  (python -m server --port $PORT --trace --lesson-hooks)"
-    tmux_ select-pane -t "$trace" -T "trace  (python -m shm trace --port $PORT --follow)"
-    tmux_ select-pane -t "$inspector" -T "inspector  (python -m shm inspect --port $PORT --watch)"
+    tmux_ select-pane -t "$server" -T "server  (./dev server --port $PORT --trace --lesson-hooks --max-clients $DEMO_CLIENTS)"
+    tmux_ select-pane -t "$trace" -T "trace  (./dev shm trace --port $PORT --follow)"
+    tmux_ select-pane -t "$inspector" -T "inspector  (./dev shm inspect --port $PORT --watch)"
     tmux_ select-pane -t "$a" -T "client A"
     tmux_ select-pane -t "$b" -T "client B"
     tmux_ select-pane -t "$c" -T "client C"
@@ -270,7 +270,7 @@ stop() {
     done
 
     # 3. IPC objects: none should be left; a server killed with SIGKILL leaves
-    #    its objects, which "python -m shm cleanup" removes.
+    #    its objects, which "./dev shm cleanup" removes.
     if [ "$(shmchat_objects "$PORT")" != 0 ]; then
         (cd "$ROOT" && "$PY" -m shm cleanup --port "$PORT")
     fi

@@ -1,4 +1,4 @@
-"""``python -m server``: start the shmchat server."""
+"""``./dev server`` (``shmchat-server`` once installed): start the shmchat server."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import sys
 
 from protocol.wire import DEFAULT_PORT
 from server.config import DEFAULT_MAX_PER_ADDRESS, MiB, ServerConfig
-from server.parent import run
+from server.parent import StartupError, run
 from shm import layout
+from syscalls import programs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="shmchat-server",
+        prog=programs.command("server"),
         description="Multi-client chat server: one forked worker per client, "
         "client and message tables in System V shared memory.",
     )
@@ -71,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--trace",
         action="store_true",
-        help="record every IPC step in a trace table, for python -m shm trace (off by default)",
+        help=f"record every IPC step in a trace table, for {programs.command('shm')} trace (off by default)",
     )
     parser.add_argument(
         "--log-level",
@@ -81,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
-        parser.error("--port must be 0-65535")
+        parser.error(f"--port must be 0-65535 (0 picks a free one), not {args.port}")
     if not 1 <= args.max_clients <= layout.MAX_CLIENTS_LIMIT:
         parser.error(f"--max-clients must be 1-{layout.MAX_CLIENTS_LIMIT}")
     if not 1 <= args.max_groups <= 1024:
@@ -96,6 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@programs.quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -116,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         trace=args.trace,
         max_per_address=args.max_per_address,
     )
-    return run(config)
+    try:
+        return run(config)
+    except StartupError as exc:  # one line, and run() has removed whatever it made
+        print(f"{programs.command('server')}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ import os
 import selectors
 import signal
 import socket
-import sys
 import time
 from dataclasses import dataclass
 
@@ -366,15 +365,14 @@ def run(config: ServerConfig) -> int:
     server = ChatServer(config)
     try:
         host, port = server.start()
-    except StartupError as exc:
-        print(f"shmchat-server: {exc}", file=sys.stderr)
+        print(
+            f"shmchat server listening on {wire.format_address(host, port)} "
+            f"(pid {os.getpid()}, up to {config.max_clients} clients; Ctrl-C stops it)",
+            flush=True,
+        )
+    except BaseException:  # StartupError (said by __main__), or nobody reading stdout: remove what was made
         server.shutdown()
-        return 1
-    print(
-        f"shmchat server listening on {wire.format_address(host, port)} "
-        f"(pid {os.getpid()}, up to {config.max_clients} clients; Ctrl-C stops it)",
-        flush=True,
-    )
+        raise
     status = server.serve_forever()
     print("shmchat server stopped; its shared memory and semaphores are removed", flush=True)
     return status

@@ -1,11 +1,11 @@
-"""``python -m shm``: look at and clean up shmchat's System V objects.
+"""``./dev shm`` (``shmchat-shm`` once installed): look at and clean up shmchat's System V objects.
 
-python -m shm list              every shmchat segment and semaphore here
-python -m shm cleanup [--port]  remove what dead servers left behind
-python -m shm inspect [--port P] [--watch [SECONDS]] [--json]
-                                a running server's tables, read-only (live with --watch)
-python -m shm trace [--port P] [--follow] [--json]
-                                a traced server's IPC steps as a sequence diagram
+shm list              every shmchat segment and semaphore here
+shm cleanup [--port]  remove what dead servers left behind
+shm inspect [--port P] [--watch [SECONDS]] [--json]
+                      a running server's tables, read-only (live with --watch)
+shm trace [--port P] [--follow] [--json]
+                      a traced server's IPC steps as a sequence diagram
 
 Without --port, inspect and trace use the one shmchat server of this user
 that is running; with several they list them and ask for --port.
@@ -18,6 +18,7 @@ import sys
 
 from shm.discovery import choose_port
 from shm.segments import list_objects, live_server_pid, remove_stale
+from syscalls import programs
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -56,7 +57,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     # docs/design.md, "Layering".
     from inspector.cli import inspect_command
 
-    port, status = choose_port(args.port, "python -m shm inspect")
+    port, status = choose_port(args.port, f"{programs.command('shm')} inspect")
     if port is None:
         return status
     return inspect_command(port, args.watch, args.json, args.color)
@@ -65,21 +66,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_trace(args: argparse.Namespace) -> int:
     from inspector.trace_cli import trace_command  # entry point: see cmd_inspect
 
-    port, status = choose_port(args.port, "python -m shm trace")
+    port, status = choose_port(args.port, f"{programs.command('shm')} trace")
     if port is None:
         return status
     return trace_command(port, args.follow, args.json)
 
 
+@programs.quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=programs.command("shm"), description="look at and clean up shmchat's System V objects"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, text in (
         ("list", cmd_list, "list shmchat's segments and semaphores"),
         ("cleanup", cmd_cleanup, "remove the objects of servers that are no longer running"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--port", type=int, default=None, help="only this server port")
+        p.add_argument("--port", type=programs.tcp_port, default=None, help="only this server port")
         p.set_defaults(func=func)
     p = sub.add_parser(
         "inspect",
@@ -89,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         "for one table read only).",
     )
     p.add_argument(
-        "--port", type=int, default=None, help="the server's port (default: the one server running)"
+        "--port",
+        type=programs.tcp_port,
+        default=None,
+        help="the server's port (default: the one server running)",
     )
     p.add_argument(
         "--watch",
@@ -107,13 +114,16 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser(
         "trace",
-        help="show a traced server's IPC steps as a sequence diagram (python -m server --trace)",
+        help=f"show a traced server's IPC steps as a sequence diagram ({programs.command('server')} --trace)",
         description="Read the trace table of a server started with --trace: every lock, post, "
         "doorbell and wake-up of every process, one column per process, one row per event, "
         "an arrow from each doorbell ring to the wake-up it caused.",
     )
     p.add_argument(
-        "--port", type=int, default=None, help="the server's port (default: the one server running)"
+        "--port",
+        type=programs.tcp_port,
+        default=None,
+        help="the server's port (default: the one server running)",
     )
     p.add_argument("--follow", action="store_true", help="keep drawing events as they come, until Ctrl-C")
     p.add_argument("--json", action="store_true", help="one JSON object per event, oldest first")

@@ -25,6 +25,7 @@ import sysv_ipc
 from shm import layout
 from shm.layout import IpcObject, SlotState
 from shm.segments import list_objects, live_server_pid
+from syscalls import programs
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,8 @@ def choose_port(port: int | None, command: str, err: TextIO | None = None) -> tu
     if len(servers) == 1:
         return servers[0].port, 0
     if not servers:
-        print(
-            f"{command}: no shmchat server of yours is running here (start one: python -m server)",
-            file=err,
-        )
+        start = programs.command("server")
+        print(f"{command}: no shmchat server of yours is running here (start one: {start})", file=err)
         return None, 1
     print(f"{command}: {len(servers)} shmchat servers are running; choose one with --port:", file=err)
     for server in servers:

@@ -37,6 +37,7 @@ from shm.layout import (
     TraceEvent,
     WakeSource,
 )
+from syscalls import programs
 from syscalls.processes import pid_alive
 
 LOCK_NAMES: dict[int, str] = {
@@ -239,7 +240,7 @@ def open_trace(port: int) -> TraceReader:
         if IpcObject.CLIENTS_SEGMENT in objects:
             raise TraceUnavailable(
                 f"the server on port {port} runs without --trace, so it has no trace table "
-                "(start it with: python -m server --trace)"
+                f"(start it with: {programs.command('server')} --trace)"
             )
         raise TraceUnavailable(f"no shmchat server on port {port}")
     try:

@@ -167,7 +167,7 @@ SHA = "ab" * 32
 
 BAD_ARGUMENTS: dict[str, list[tuple[str, str]]] = {
     "/send": [
-        ("/send", "message is missing"),
+        ("/send", "an id and a message are missing"),
         ("/send {other}", "message is missing"),
         ("/send abc hi", "'abc' is not a client id"),
         ("/send -12345 hi", "'-12345' is not a client id"),
@@ -230,7 +230,7 @@ BAD_ARGUMENTS: dict[str, list[tuple[str, str]]] = {
         ("/deny {nobody} {other}", "does not exist"),
     ],
     "/sendgroup": [
-        ("/sendgroup", "message is missing"),
+        ("/sendgroup", "an id and a message are missing"),
         ("/sendgroup {nobody}", "message is missing"),
         ("/sendgroup abc hi", "not a group id"),
         ("/sendgroup -1 hi", "not a group id"),

@@ -72,7 +72,7 @@ def test_valid_lines_parse_to_typed_requests(line, expected):
         ("   ", ["empty line"]),
         ("hello", ["unknown command 'hello'", "/help"]),
         ("/frob", ["unknown command '/frob'"]),
-        ("/send", ["message is missing", "usage: /send <client id> <message>"]),
+        ("/send", ["/send: an id and a message are missing; usage: /send <client id> <message>"]),
         ("/send 12345", ["message is missing"]),
         ("/send 12345    ", ["message is missing"]),
         ("/send abcde hi", ["'abcde' is not a client id", "usage: /send"]),

@@ -212,7 +212,7 @@ def test_a_failed_start_says_one_line_exits_1_and_leaves_nothing(fault, env, tmp
     port = int(proc.args[proc.args.index("--port") + 1])
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1
-    assert len(lines) == 1 and lines[0].startswith("shmchat-server: cannot"), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("./dev server: cannot"), proc.stderr
     assert port_objects(port) == set()
     assert not (tmp_path / "spool").exists() or not os.listdir(tmp_path / "spool")
 

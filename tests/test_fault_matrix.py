@@ -57,7 +57,7 @@ class Outcome:
 
 OUTCOMES = {
     "start-fails": Outcome(
-        "exits 1 with one line on stderr (`shmchat-server: cannot create ...`); nothing left in ipcs",
+        "exits 1 with one line on stderr (`./dev server: cannot create ...`); nothing left in ipcs",
         "(nobody is connected yet)",
         "(nobody is connected yet)",
     ),
@@ -297,7 +297,7 @@ def check_start(cell: Cell, tmp_path: Path) -> None:
     )
     lines = done.stderr.splitlines()
     assert done.returncode == 1, done
-    assert len(lines) == 1 and lines[0].startswith("shmchat-server: cannot create "), lines
+    assert len(lines) == 1 and lines[0].startswith("./dev server: cannot create "), lines
     assert os.strerror(getattr(errno, cell.errno)).lower() in lines[0].lower(), lines
     assert port_objects(port) == set(), "the failed start left IPC objects behind"
     assert spool_files(spool) == []

@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TIMEOUT, python_env
+from conftest import ROOT, TIMEOUT, LineModeClient, RawClient, python_env
 from demokit import Demo
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
@@ -289,6 +290,97 @@ def test_a_lost_server_is_said_plainly_with_a_failure_status(start_server, termi
 
 @needs_tmux
 @pytest.mark.tmux
+def test_a_server_stopped_with_ctrl_c_ends_the_session_with_status_1(
+    start_server, terminal: Terminal
+) -> None:
+    """As the README says: 0 when you leave, 1 when the server goes away, even politely."""
+    server = start_server()
+    terminal.client(server.port)
+    my_id_on(terminal)
+    assert server.stop(signal.SIGINT) == 0
+    terminal.wait_for(r"the server is shutting down; goodbye")
+    terminal.wait_for(rf"The server at 127\.0\.0\.1:{server.port} ended the session\.")
+    assert terminal.dead_status() == 1
+
+
+def test_line_mode_exits_1_when_the_server_ends_the_session(start_server, tmp_path: Path) -> None:
+    server = start_server()
+    client = LineModeClient(server.port, tmp_path / "dl")
+    try:
+        client.welcome()
+        assert server.stop(signal.SIGINT) == 0
+        client.expect(r"^\[bye\] the server is shutting down")
+        assert client.wait() == 1
+    finally:
+        client.close()
+
+
+@needs_tmux
+@pytest.mark.tmux
+def test_a_full_server_leaves_no_lone_prompt_line(start_server, terminal: Terminal) -> None:
+    server = start_server("--max-clients", "1")
+    first = RawClient(server.port)
+    try:
+        first.welcome()
+        terminal.client(server.port)
+        terminal.wait_for(r"Connection Limit Exceeded !!")
+        assert terminal.dead_status() == 2
+        screen = terminal.screen()
+        assert not re.search(r"^\d*> *$", screen, re.M), screen
+    finally:
+        first.close()
+
+
+@needs_tmux
+@pytest.mark.tmux
+def test_the_sender_sees_what_it_sent_styled_as_its_own(server, connect, terminal: Terminal) -> None:
+    terminal.client(server.port)
+    me = my_id_on(terminal)
+    other = connect()
+    terminal.wait_for(rf"client {other.id} joined")
+    terminal.type(f"/send {other.id} hello you")
+    terminal.keys("Enter")
+    terminal.wait_for(rf"^\d\d:\d\d:\d\d you → {other.id}: hello you$")
+    other.expect(rf"^\[msg from {me}\] hello you$")
+    terminal.type("/broadcast hello all")
+    terminal.keys("Enter")
+    terminal.wait_for(r"^\d\d:\d\d:\d\d you → all: hello all$")
+    other.expect(rf"^\[broadcast from {me}\] hello all$")
+    other.send(f"/makegroup {me}")
+    group = int(other.expect(r"^\[ok\] group (\d{5})").group(1))
+    terminal.wait_for(rf"added you to group {group}")
+    terminal.type(f"/sendgroup {group} hello group")
+    terminal.keys("Enter")
+    terminal.wait_for(rf"^\d\d:\d\d:\d\d you → group {group}: hello group$")
+    other.expect(rf"^\[group {group} from {me}\] hello group$")
+    # The echo is the person's own: in its own colour, not a line from the server.
+    raw = terminal.tmux("capture-pane", "-p", "-e", "-t", terminal.target)
+    assert re.search(r"\x1b\[[0-9;]*m(\x1b\[[0-9;]*m)*you\x1b", raw), raw
+
+
+@needs_tmux
+@pytest.mark.tmux
+def test_a_message_that_was_not_delivered_is_marked_against_it(server, connect, terminal: Terminal) -> None:
+    terminal.client(server.port)
+    me = my_id_on(terminal)
+    other = connect()
+    terminal.wait_for(rf"client {other.id} joined")
+    nobody = next(n for n in range(10000, 100000) if n not in (me, other.id))
+    terminal.type(f"/send {nobody} anyone there?")
+    terminal.keys("Enter")
+    terminal.wait_for(rf"^\d\d:\d\d:\d\d you → {nobody}: anyone there\?$")
+    terminal.wait_for(
+        rf"\[error\] client {nobody} is offline; message discarded  ✗ you → {nobody}: anyone there\?$"
+    )
+    other.close()
+    terminal.wait_for(rf"client {other.id} disconnected")
+    terminal.type("/broadcast hello?")
+    terminal.keys("Enter")
+    terminal.wait_for(r"broadcast not sent  ✗ you → all: hello\?$")
+
+
+@needs_tmux
+@pytest.mark.tmux
 def test_toolbar_shows_id_address_and_online_count(server, connect, terminal: Terminal) -> None:
     terminal.client(server.port)
     me = my_id_on(terminal)
@@ -500,3 +592,32 @@ def test_local_help_comes_from_the_command_table() -> None:
         assert any(spec.usage in line and spec.summary in line for line in every)
     narrow = ["".join(t for _, t in line) for line in local_help("/help send", columns=40)]
     assert narrow == [narrow[0]] and "/send <client id> <message> - send a private message" in narrow[0]
+
+
+def test_a_failure_is_marked_only_against_the_message_it_names() -> None:
+    sent = interactive.SentMessages()
+    assert sent.record("/active") is None and sent.record("/send nonsense") is None
+    to_b = sent.record("/send 22222 hi b")
+    to_c = sent.record("/send 33333 hi c")
+    to_group = sent.record("/sendgroup 44444 hi group")
+    assert to_b is not None and to_c is not None and to_group is not None
+    assert (to_c.target, to_group.target) == ("33333", "group 44444")
+    assert sent.failed(replies.left(33333, "left")) is None  # news about 33333, not about the message
+    assert sent.failed(replies.offline(33333)) is to_c
+    assert sent.failed(replies.offline(33333)) is None  # each failure marks one message
+    assert sent.failed(replies.notice("you are the only member of group 44444; not sent")) is to_group
+    assert sent.failed(replies.notice("nobody else is online; broadcast not sent")) is None
+    assert sent.failed(replies.discarded(22222), now=time.monotonic() + 60) is None  # long forgotten
+
+
+def test_line_mode_shows_exactly_what_the_server_sends_and_no_echo(server, connect, line_client) -> None:
+    """Scripts parse line mode: the sender's own /send, /broadcast and /sendgroup are not echoed."""
+    other = connect()
+    client = line_client()
+    client.send(f"/send {other.id} one")
+    client.send("/broadcast two")
+    client.send("/send 99999 three" if other.id != 99999 else "/send 99998 three")
+    client.expect(r"^\[error\] client \d{5} is offline; message discarded$")
+    client.send("/active")
+    client.expect(r"^\[active\]")
+    assert not [line for line in client.seen if "you →" in line or "✗" in line]

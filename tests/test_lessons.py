@@ -162,7 +162,7 @@ def test_the_demo_traces_a_typed_message_runs_a_lesson_and_stops_clean(tmp_path:
         assert started.returncode == 0, started.stderr
         assert "./dev lesson" in started.stdout
         titles = tmux("list-panes", "-t", "demo", "-F", "#{pane_title}")
-        assert f"trace  (python -m shm trace --port {port} --follow)" in titles
+        assert f"trace  (./dev shm trace --port {port} --follow)" in titles
         assert f"--port {port} --trace --lesson-hooks" in titles
         ids = {n: int(wait_screen(pane(f"client {n}"), r"unique id is (\d{5})").group(1)) for n in "ABC"}
         wait_screen(pane("inspector"), r"3/8 online")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,6 +21,7 @@ import time
 
 import pytest
 import sysv_ipc
+import wcwidth
 from conftest import ROOT, TIMEOUT, python_env
 
 from inspector.trace_view import TraceView, event_text, render
@@ -278,15 +280,18 @@ SEND = [
 
 def test_the_diagram_has_a_column_per_process_and_an_arrow_from_ring_to_wake():
     lines = render(SEND, width=100)
-    assert len([line for line in lines if "pid" in line]) == 1  # one header: every process known
-    header = lines[0]
-    assert header.index("parent pid 100") < header.index("10001 pid 101") < header.index("20002 pid 102")
+    assert len([line for line in lines if "t (ms)" in line]) == 1  # one header: every process known
+    names, pids = lines[0], lines[1]  # the header: who, then the pid under it
+    assert names.index("parent") < names.index("10001") < names.index("20002")
+    assert [pids.index(f"pid {pid}") for pid in (100, 101, 102)] == [
+        names.index(who) for who in ("parent", "10001", "20002")
+    ]
     post = next(line for line in lines if "post →20002 @512 29 B" in line)
-    assert post.index("post") == header.index("10001 pid 101")  # under the sender
+    assert post.index("post") == names.index("10001")  # under the sender
     wake = next(line for line in lines if "wake doorbell" in line)
     assert "▶ wake doorbell" in wake and "60.0 µs" in wake  # 74 - 14 µs after the ring
     assert wake.index("60.0 µs") < wake.index("▶") and "─" in wake
-    times = [line.split()[0] for line in lines[2:]]  # ms since the first event, in time order
+    times = [line.split()[0] for line in lines[3:]]  # ms since the first event, in time order
     assert times == ["0.000", "0.010", "0.011", "0.012", "0.013", "0.014", "0.074", "0.080", "0.090"]
 
 
@@ -299,9 +304,111 @@ def test_a_followed_pane_gives_a_reaped_workers_column_to_the_next_process():
             record(3, 120, 103, 30003, TraceEvent.RECV, bytes=5),  # a newcomer in its own column
         ]
     )
-    header = next(line for line in lines if "pid" in line)
-    assert "30003 pid 103" in header and "20002 pid 102" in header
-    assert "10001 pid 101" not in header  # the reaped worker's column made room
+    at = next(i for i, line in enumerate(lines) if "t (ms)" in line)
+    names, pids = lines[at], lines[at + 1]
+    assert "30003" in names and "20002" in names and "pid 103" in pids and "pid 102" in pids
+    assert "10001" not in names and "pid 101" not in pids  # the reaped worker's column made room
+
+
+#: Eight workers, as in the demo with a lesson running, with pids as long as Linux makes them.
+PARENT = 4194000
+WORKERS = {4194001 + n: 10001 + 11111 * n for n in range(8)}  # pid -> client id
+
+
+def eight_workers() -> list[TraceRecord]:
+    """Eight clients connect, the first sends to the last and the last to the second (long
+    waits, a full mailbox), the third is killed holding the messages lock."""
+    events, t = [], 0
+    for slot, (pid, who) in enumerate(WORKERS.items()):
+        t += 100
+        events += [
+            record(0, t, PARENT, 0, TraceEvent.ACCEPT, slot=slot, to=who),
+            record(0, t + 1, PARENT, 0, TraceEvent.FORK, child=pid, slot=slot, to=who),
+            record(1 + slot, t + 5, pid, who, TraceEvent.SEND, bytes=64),
+        ]
+    pids, ids = list(WORKERS), list(WORKERS.values())
+    for sender, receiver in ((0, 7), (7, 1)):
+        s_pid, r_pid, s_who, r_who = pids[sender], pids[receiver], ids[sender], ids[receiver]
+        t += 1000
+        events += [
+            record(1 + sender, t, s_pid, s_who, TraceEvent.WAKE, source=WakeSource.SOCKET),
+            record(1 + sender, t + 1, s_pid, s_who, TraceEvent.RECV, bytes=4096),
+            record(1 + sender, t + 2, s_pid, s_who, TraceEvent.LOCK, lock=4, waited_us=2016024),
+            record(
+                1 + sender,
+                t + 3,
+                s_pid,
+                s_who,
+                TraceEvent.POST,
+                to=r_who,
+                offset=262100,
+                bytes=4120,
+                status=2,
+            ),
+            record(1 + sender, t + 4, s_pid, s_who, TraceEvent.UNLOCK, lock=4),
+            record(1 + sender, t + 5, s_pid, s_who, TraceEvent.RING, to=r_who, slot=receiver),
+            record(1 + receiver, t + 2000, r_pid, r_who, TraceEvent.WAKE, source=WakeSource.DOORBELL),
+            record(1 + receiver, t + 2001, r_pid, r_who, TraceEvent.TAKE, records=12, bytes=4120),
+        ]
+    t += 5000
+    events += [
+        record(3, t, pids[2], ids[2], TraceEvent.LOCK, lock=4, waited_us=3),
+        record(0, t + 900, PARENT, 0, TraceEvent.REAP, child=pids[2], slot=2, to=ids[2], status=9),
+    ]
+    return with_undo(events, alive=lambda pid: False)
+
+
+def assert_fits(lines: list[str], width: int) -> None:
+    """No line wider than ``width`` (wide characters count 2), every pid and client id whole."""
+    for line in lines:
+        assert wcwidth.wcswidth(line) <= width, f"{wcwidth.wcswidth(line)} columns: {line!r}"
+        for pid in re.findall(r"(?:pid|reap) (\d+)", line):
+            assert int(pid) in (PARENT, *WORKERS), f"a cut pid {pid}: {line!r}"
+        for who in re.findall(r"(?<![\d.,@])\d{5}(?![\d.,])", line):
+            assert int(who) in WORKERS.values(), f"a cut client id {who}: {line!r}"
+
+
+def test_eight_workers_fit_96_columns_with_every_pid_whole():
+    lines = render(eight_workers(), width=96)
+    assert_fits(lines, 96)
+    names, pids = lines[0], lines[1]
+    assert "t (ms)" in names and "parent" in names and "others" in names
+    shown = [pid for pid in WORKERS if f"pid {pid}" in pids]
+    assert shown == list(WORKERS)[-len(shown) :] and len(shown) >= 3  # the newest keep a column
+    note = " ".join(lines[3 : lines.index(next(line for line in lines if "0.000" in line))])
+    for pid, who in WORKERS.items():  # every other one is named, whole, in the note
+        assert pid in shown or f"{who} (pid {pid})" in note
+    assert any("✝ SEM_UNDO messages" in line for line in lines)
+    first = next(iter(WORKERS.values()))
+    assert any(f"{first} post →" in line for line in lines)  # "others" rows say whose
+
+
+def test_at_160_columns_each_of_the_eight_workers_has_a_column():
+    lines = render(eight_workers(), width=160)
+    assert_fits(lines, 160)
+    assert "others" not in lines[0]
+    assert all(f"pid {pid}" in lines[1] for pid in (PARENT, *WORKERS))
+
+
+def test_a_resized_pane_gets_a_new_header_that_fits():
+    events = eight_workers()
+    view = TraceView(width=160)
+    wide = view.feed(events[:20])
+    view.width = 96
+    narrow = view.feed(events[20:])
+    assert_fits(narrow, 96)
+    assert "t (ms)" in narrow[1] and "others" in narrow[1]  # after a blank line
+    assert max(wcwidth.wcswidth(line) for line in wide) > 96
+
+
+def test_followed_the_header_comes_again_before_it_scrolls_out_of_the_pane():
+    view = TraceView(width=96, height=20)
+    shown: list[str] = []
+    for event in eight_workers() * 3:
+        shown += view.feed([event])
+        pane = shown[-19:]  # what a 20-line pane shows above the cursor's line
+        assert any("t (ms)" in line for line in pane), "\n".join(pane)
+    assert_fits(shown, 96)
 
 
 def test_a_wake_from_the_socket_answers_no_ring():

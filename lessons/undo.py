@@ -13,6 +13,7 @@ from lessons.kit import (
     TraceTail,
     connect_all,
     describe_event,
+    server_pid,
     wait_until,
     worker_pid,
 )
@@ -29,6 +30,7 @@ def run(port: int, say: Narrator) -> None:
     try:
         pids = {worker_pid(port, c.id): f"{c.name}'s worker" for c in (h, a, b)}
         h_pid, a_pid, _ = list(pids)
+        names = {**pids, server_pid(port): "the parent"}
         say.show(
             f"{c.name} is client {c.id}, its worker is pid {p}" for c, p in zip((h, a, b), pids, strict=True)
         )
@@ -57,7 +59,7 @@ def run(port: int, say: Narrator) -> None:
             return lock.value == 0 and lock.last_pid == h_pid
 
         wait_until("H's worker taking the messages lock", held)
-        say.show([f"messages lock: {lock.describe()} (H's worker)"])
+        say.show([f"messages lock: {lock.describe(names)}"])
 
         say.step(
             f"A sends /send {b.id} are you there?",
@@ -68,23 +70,47 @@ def run(port: int, say: Narrator) -> None:
         )
         a.send(f"/send {b.id} are you there?")
         wait_until("A's worker blocking on the lock", lambda: lock.waiting >= 1)
-        say.show([f"messages lock: {lock.describe()}"])
+        before = lock.state()
+        say.show([f"messages lock: {lock.describe(names, before)}"])
 
         say.step(
             f"kill -KILL {h_pid}  (H's worker, still holding the lock)",
             "SIGKILL runs no code of the victim: nobody calls semop V. The kernel, as it tears the "
             "process down, applies the undo record that SEM_UNDO kept for it and adds the 1 back. "
             "A's blocked semop completes at once, its message reaches B, and the parent reaps H's "
-            "worker and tells everyone.",
+            "worker and tells everyone. By then the lock has changed hands, perhaps more than "
+            "once: whoever holds it now is a live process.",
         )
         os.kill(h_pid, signal.SIGKILL)
         line = b.expect(rf"^\[msg from {a.id}\] are you there\?")
-        say.show([f"B got: {line}", f"messages lock: {lock.describe()}"])
+        after = lock.state()
         a.expect(rf"client {h.id} disconnected")
-        tail.wait_for(
+        reap = tail.wait_for(
             "the parent reaping H's worker", lambda e: e.event is TraceEvent.REAP and e.child == h_pid
         )
-        tail.wait_for("A's worker taking the lock", lambda e: e.pid == a_pid and e.event is TraceEvent.LOCK)
+        taken = tail.wait_for(
+            "A's worker taking the lock",
+            lambda e: (
+                e.pid == a_pid and e.event is TraceEvent.LOCK and e.lock == IpcObject.MESSAGES_SEMAPHORE
+            ),
+        )
+        undo = wait_until(
+            "the SEM_UNDO row of H's lock",
+            lambda: next(
+                (e for e in tail.with_undo() if e.event is TraceEvent.UNDO and e.pid == h_pid), None
+            ),
+        )
+        in_use = ": in use again, by a live process" if not after.value and after.last_pid != h_pid else ""
+        say.show(
+            [
+                f"{names[h_pid]:12} {describe_event(undo)}   <- no unlock from H: SEM_UNDO gave the 1 back",
+                f"{names[a_pid]:12} {describe_event(taken)}   <- A's blocked semop P returned",
+                f"B got: {line}",
+                f"{'parent':12} {describe_event(reap)}   <- the parent reaps H's worker",
+                f"messages lock before the kill: {lock.describe(names, before)}",
+                f"messages lock after: {lock.describe(names, after)}{in_use}",
+            ]
+        )
 
         say.step(
             "The trace, read back",
@@ -116,8 +142,8 @@ def run(port: int, say: Narrator) -> None:
 
         say.step(
             "Everybody keeps chatting",
-            "The lock is free (value 1) and the parent repaired H's rows: B answers A as if "
-            "nothing happened, and the demo's own clients saw H leave.",
+            "The lock goes from process to process as before, and the parent repaired H's rows: "
+            "B answers A as if nothing happened, and the demo's own clients saw H leave.",
         )
         b.send(f"/send {a.id} yes, still here")
         answer = a.expect(rf"^\[msg from {b.id}\] yes, still here")

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -565,3 +566,57 @@ def test_a_killed_lock_holder_shows_sem_undo_in_the_trace(start_server, connect)
     assert undo == [{**undo[0], "who": holder.id, "lock": "messages", "derived": True}]
     a.send(f"/send {b.id} still here")  # the lock is free again: everybody keeps chatting
     b.expect(r"still here")
+
+
+def test_shm_trace_of_eight_workers_fits_96_columns_once_and_followed(start_server, connect):
+    server = start_server("--trace", "--max-clients", "8")
+    env = {**python_env(), "COLUMNS": "96", "LINES": "20"}
+    command = [sys.executable, "-m", "shm", "trace", "--port", str(server.port)]
+    follow = subprocess.Popen(
+        [*command, "--follow"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    followed: list[str] = []
+    reading = threading.Thread(target=lambda: followed.extend(line.rstrip("\n") for line in follow.stdout))
+    reading.start()
+    try:
+        clients = [connect(target=server) for _ in range(8)]
+        clients[0].send(f"/send {clients[7].id} from the first to the last")
+        clients[7].expect(r"from the first to the last")
+        pids = {server.pid, *server.worker_pids()}
+        assert len(pids) == 9
+        victim = wait_until(lambda: worker_of(server.port, clients[3].id), "the fourth worker's pid")
+        os.kill(victim, signal.SIGKILL)
+        clients[0].expect(rf"client {clients[3].id} disconnected")
+
+        def trace_with_the_reap() -> subprocess.CompletedProcess | None:
+            once = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+            assert once.returncode == 0, once.stderr
+            return once if f"reap {victim} SIGKILL" in once.stdout else None
+
+        once = wait_until(trace_with_the_reap, "the reap in the trace")
+        wait_until(lambda: any(f"reap {victim}" in line for line in followed), "the reap followed")
+    finally:
+        server.stop()
+        assert follow.wait(TIMEOUT) == 0, follow.stderr.read()  # type: ignore[union-attr]
+        reading.join(TIMEOUT)
+    ids = {client.id for client in clients}
+    for lines in (once.stdout.splitlines(), followed):
+        assert "t (ms)" in lines[0] and "pid" in lines[1]
+        assert any(f"reap {victim} SIGKILL" in line for line in lines)
+        for line in lines:
+            assert wcwidth.wcswidth(line) <= 96, f"{wcwidth.wcswidth(line)} columns: {line!r}"
+            for pid in re.findall(r"(?:pid|reap) (\d+)", line):
+                assert int(pid) in pids, f"a cut pid {pid}: {line!r}"
+            for who in re.findall(r"(?<![\d.,@])\d{5}(?![\d.,])", line):
+                assert int(who) in ids, f"a cut client id {who}: {line!r}"
+    window = 19  # a 20-line pane shows 19 lines above the cursor's
+    for end in range(window, len(followed) + 1):  # the pane after each row printed
+        if re.match(r" *[\d,]+\.\d{3} ", followed[end - 1]):
+            assert any("t (ms)" in line for line in followed[end - window : end]), end
+
+
+def worker_of(port: int, client_id: int) -> int | None:
+    from shm.snapshot import take_snapshot
+
+    snap = take_snapshot(port)
+    return next((c.pid for c in snap.clients or [] if c.online and c.client_id == client_id), None)

@@ -23,7 +23,7 @@ import time
 import pytest
 import sysv_ipc
 import wcwidth
-from conftest import ROOT, TIMEOUT, python_env
+from conftest import ROOT, TIMEOUT, piped, python_env
 
 from inspector.trace_view import TraceView, event_text, render
 from shm import layout
@@ -576,7 +576,9 @@ def test_shm_trace_of_eight_workers_fits_96_columns_once_and_followed(start_serv
         [*command, "--follow"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     followed: list[str] = []
-    reading = threading.Thread(target=lambda: followed.extend(line.rstrip("\n") for line in follow.stdout))
+    reading = threading.Thread(
+        target=lambda: followed.extend(line.rstrip("\n") for line in piped(follow.stdout))
+    )
     reading.start()
     try:
         clients = [connect(target=server) for _ in range(8)]
@@ -597,7 +599,7 @@ def test_shm_trace_of_eight_workers_fits_96_columns_once_and_followed(start_serv
         wait_until(lambda: any(f"reap {victim}" in line for line in followed), "the reap followed")
     finally:
         server.stop()
-        assert follow.wait(TIMEOUT) == 0, follow.stderr.read()  # type: ignore[union-attr]
+        assert follow.wait(TIMEOUT) == 0, piped(follow.stderr).read()
         reading.join(TIMEOUT)
     ids = {client.id for client in clients}
     for lines in (once.stdout.splitlines(), followed):

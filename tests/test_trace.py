@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 
 import pytest
 import sysv_ipc
@@ -359,14 +360,20 @@ def eight_workers() -> list[TraceRecord]:
     return with_undo(events, alive=lambda pid: False)
 
 
-def assert_fits(lines: list[str], width: int) -> None:
+def assert_fits(
+    lines: list[str],
+    width: int,
+    pids: Iterable[int] = (PARENT, *WORKERS),
+    ids: Iterable[int] = WORKERS.values(),
+) -> None:
     """No line wider than ``width`` (wide characters count 2), every pid and client id whole."""
+    pids, ids = set(pids), set(ids)
     for line in lines:
         assert wcwidth.wcswidth(line) <= width, f"{wcwidth.wcswidth(line)} columns: {line!r}"
         for pid in re.findall(r"(?:pid|reap) (\d+)", line):
-            assert int(pid) in (PARENT, *WORKERS), f"a cut pid {pid}: {line!r}"
-        for who in re.findall(r"(?<![\d.,@])\d{5}(?![\d.,])", line):
-            assert int(who) in WORKERS.values(), f"a cut client id {who}: {line!r}"
+            assert int(pid) in pids, f"a cut pid {pid}: {line!r}"
+        for who in re.findall(r"(?<![\d.,@])\d{5}(?![\d.,])", re.sub(r"(?:pid|reap) \d+", "", line)):
+            assert int(who) in ids, f"a cut client id {who}: {line!r}"
 
 
 def test_eight_workers_fit_96_columns_with_every_pid_whole():
@@ -601,16 +608,10 @@ def test_shm_trace_of_eight_workers_fits_96_columns_once_and_followed(start_serv
         server.stop()
         assert follow.wait(TIMEOUT) == 0, piped(follow.stderr).read()
         reading.join(TIMEOUT)
-    ids = {client.id for client in clients}
     for lines in (once.stdout.splitlines(), followed):
         assert "t (ms)" in lines[0] and "pid" in lines[1]
         assert any(f"reap {victim} SIGKILL" in line for line in lines)
-        for line in lines:
-            assert wcwidth.wcswidth(line) <= 96, f"{wcwidth.wcswidth(line)} columns: {line!r}"
-            for pid in re.findall(r"(?:pid|reap) (\d+)", line):
-                assert int(pid) in pids, f"a cut pid {pid}: {line!r}"
-            for who in re.findall(r"(?<![\d.,@])\d{5}(?![\d.,])", line):
-                assert int(who) in ids, f"a cut client id {who}: {line!r}"
+        assert_fits(lines, 96, pids, {client.id for client in clients})
     window = 19  # a 20-line pane shows 19 lines above the cursor's
     for end in range(window, len(followed) + 1):  # the pane after each row printed
         if re.match(r" *[\d,]+\.\d{3} ", followed[end - 1]):

@@ -46,6 +46,8 @@ MAX_CELL = 30
 #: Columns the last column keeps for its text ("12345 lock messages 12 µs" fits).
 LAST_ROOM = 26
 ARROW = "─"
+#: The words that follow a number in a row: a cut never keeps the number without them.
+UNITS = ("µs", "B", "rec")
 
 
 def _exit_text(status: int) -> str:
@@ -106,17 +108,20 @@ def _char_width(char: str) -> int:
 def fit(text: str, room: int) -> str:
     """``text`` if it fits in ``room`` columns, else its first whole words and `` …``.
 
-    Whole words only, so a pid or an id is shown entirely or not at all.
+    Whole words only, so a pid or an id is shown entirely or not at all; and
+    not a number whose unit was left out (``lock directory 5120 …``).
     """
     if display_width(text) <= room:
         return text
-    kept = ""
-    for word in text.split(" "):
-        longer = f"{kept} {word}" if kept else word
-        if display_width(longer + " …") > room:
+    words = text.split(" ")
+    kept: list[str] = []
+    for word in words:
+        if display_width(" ".join([*kept, word, "…"])) > room:
             break
-        kept = longer
-    return f"{kept} …" if kept else "…"[: max(room, 0)]
+        kept.append(word)
+    if kept and words[len(kept)] in UNITS:
+        kept.pop()  # "5120" without its "µs" would read as something else
+    return " ".join([*kept, "…"]) if kept else "…"[: max(room, 0)]
 
 
 class _Canvas:

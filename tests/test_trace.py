@@ -26,7 +26,7 @@ import sysv_ipc
 import wcwidth
 from conftest import ROOT, TIMEOUT, piped, python_env
 
-from inspector.trace_view import TraceView, event_text, render
+from inspector.trace_view import TraceView, event_text, fit, render
 from shm import layout
 from shm.discovery import running_servers
 from shm.layout import IpcObject, TraceEvent, WakeSource
@@ -372,7 +372,8 @@ def assert_fits(
         assert wcwidth.wcswidth(line) <= width, f"{wcwidth.wcswidth(line)} columns: {line!r}"
         for pid in re.findall(r"(?:pid|reap) (\d+)", line):
             assert int(pid) in pids, f"a cut pid {pid}: {line!r}"
-        for who in re.findall(r"(?<![\d.,@])\d{5}(?![\d.,])", re.sub(r"(?:pid|reap) \d+", "", line)):
+        numbers = re.sub(r"(?:pid|reap) \d+|\d+ (?:µs|B|rec)\b", "", line)  # what is left may be an id
+        for who in re.findall(r"(?<![\d.,@])\d{5}(?![\d.,])", numbers):
             assert int(who) in ids, f"a cut client id {who}: {line!r}"
 
 
@@ -389,6 +390,12 @@ def test_eight_workers_fit_96_columns_with_every_pid_whole():
     assert any("✝ SEM_UNDO messages" in line for line in lines)
     first = next(iter(WORKERS.values()))
     assert any(f"{first} post →" in line for line in lines)  # "others" rows say whose
+
+
+def test_a_text_too_long_for_its_room_loses_whole_words_never_a_numbers_unit():
+    assert fit("96697 lock directory 5120 µs", 26) == "96697 lock directory …"
+    assert fit("reap 4194001 SIGKILL", 15) == "reap 4194001 …"
+    assert fit("lock messages 12 µs", 19) == "lock messages 12 µs"
 
 
 def test_at_160_columns_each_of_the_eight_workers_has_a_column():

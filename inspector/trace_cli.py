@@ -64,7 +64,7 @@ def trace_command(port: int, follow: bool, as_json: bool) -> int:
             print(f"the trace table of port {port} has no events yet", file=sys.stderr)
         events = with_undo(events)
         for event in events:  # every process known at once: one header
-            view.add_column(event)
+            view.know(event)
         show(events)
         return 0
     tracker = UndoTracker()

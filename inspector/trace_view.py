@@ -21,8 +21,8 @@ them (``render`` of the test's events at 84 columns)::
 
 Everything fits the width it is given (the terminal's, for ``python -m shm
 trace``): a row's text runs on over the blank columns to its right rather
-than being cut, and when the processes do not all fit, the oldest workers
-share one last column, ``others`` (see ``TraceView``).
+than being cut, and when the processes do not all fit, the workers idle
+longest share one last column, ``others`` (see ``TraceView``).
 
 Nothing here reads shared memory or the clock: ``TraceView.feed`` takes
 ``shm.trace_reader.TraceRecord``s, so the drawing is tested without a server, and
@@ -159,9 +159,13 @@ class TraceView:
     text may run on over the blank columns to its right; a column only has to
     be wide enough for its header, and the last one keeps ``LAST_ROOM``
     columns for its text.  When the processes do not all fit, the parent and
-    the newest workers keep their columns and the oldest workers share a last
-    column, ``others``, whose rows start with the client id; a note under
-    the header names them.  With ``height`` (the pane's lines, for
+    the workers active last keep their columns and the ones idle longest share
+    a last column, ``others``, whose rows start with the client id; a note
+    under the header names them.  A worker is active when it appears, when
+    its client sends it something (``wake socket``, ``recv``), and when
+    another worker rings it (a message for its client); the parent's rings
+    (join and leave notices, to everyone) do not count, or every notice would
+    reshuffle the columns.  With ``height`` (the pane's lines, for
     ``--follow``) the header is drawn again before it would scroll out of
     sight.
     """
@@ -171,7 +175,9 @@ class TraceView:
         self.height = height
         self.processes: list[int] = []  # pids in the order they appeared, the parent first
         self.labels: dict[int, tuple[str, str]] = {}  # pid -> (who, "pid N")
-        self.who: dict[int, int] = {}
+        self.who: dict[int, int] = {}  # pid -> client id (0: the parent)
+        self.pid_of: dict[int, int] = {}  # client id -> pid of its worker
+        self.active: dict[int, int] = {}  # pid -> t_ns of its last activity (see above)
         self.t0: int | None = None
         self.columns: list[int] = []  # the pids with a column of their own
         self.others: list[int] = []  # the pids whose rows go to the last column, "others"
@@ -182,8 +188,12 @@ class TraceView:
         self._rings: dict[int, list[TraceRecord]] = {}  # receiver id -> rings not yet answered
         self._reaped: set[int] = set()  # workers the parent has reaped: their columns may go
 
-    def add_column(self, e: TraceRecord) -> None:
-        """Make ``e``'s process known (the order of appearance decides the columns)."""
+    def know(self, e: TraceRecord) -> None:
+        """Make ``e``'s process known, and note the activity ``e`` shows (see the class)."""
+        if (e.event is TraceEvent.WAKE and e.source == WakeSource.SOCKET) or e.event is TraceEvent.RECV:
+            self._activity(e.pid, e.t_ns)
+        elif e.event is TraceEvent.RING and e.who and e.to in self.pid_of:
+            self._activity(self.pid_of[e.to], e.t_ns)
         if e.pid in self.labels:
             return
         # A new process: reaped workers make room for it, so that a pane left
@@ -192,10 +202,16 @@ class TraceView:
         parent = e.ring == 0
         self.labels[e.pid] = ("parent" if parent else str(e.who), f"pid {e.pid}")
         self.who[e.pid] = e.who
+        self.pid_of[e.who] = e.pid
+        self.active.setdefault(e.pid, e.t_ns)
         if parent:
             self.processes.insert(0, e.pid)
         else:
             self.processes.append(e.pid)
+
+    def _activity(self, pid: int, t_ns: int) -> None:
+        # max: render() makes every event known before feeding them again
+        self.active[pid] = max(t_ns, self.active.get(pid, t_ns))
 
     # -- the layout ----------------------------------------------------------------------
 
@@ -211,8 +227,10 @@ class TraceView:
             pinned = self.processes[:1] if self.processes and self.who[self.processes[0]] == 0 else []
             workers = self.processes[len(pinned) :]
             keep = max(0, fitting - 1 - len(pinned))  # one column goes to "others"
-            self.columns = pinned + workers[len(workers) - keep :]
-            self.others = workers[: len(workers) - keep]
+            by_activity = sorted(workers, key=lambda pid: self.active[pid])  # stable: later ones win ties
+            chosen = set(by_activity[len(workers) - keep :])
+            self.columns = pinned + [pid for pid in workers if pid in chosen]
+            self.others = [pid for pid in workers if pid not in chosen]
         count = len(self.columns) + (1 if self.others else 0)
         if count <= 1:
             self.cell = max(MIN_CELL, min(MAX_CELL, self.width - TIME_WIDTH))
@@ -249,7 +267,7 @@ class TraceView:
     def _note(self) -> list[str]:
         """The workers in "others", every one named whole, wrapped at the width."""
         items = [f"{self.who[pid]} (pid {pid})" for pid in self.others]
-        lines, line = [], " others, the oldest workers (a wider pane gives each a column):"
+        lines, line = [], " others, the workers idle longest (a wider pane gives each a column):"
         for item in items:
             if display_width(f"{line} {item},") > self.width and line.strip():
                 lines.append(line)
@@ -328,7 +346,7 @@ class TraceView:
         for e in events:
             if self.t0 is None:
                 self.t0 = e.t_ns
-            self.add_column(e)
+            self.know(e)
             if e.event is TraceEvent.REAP:
                 self._reaped.add(e.child)
             self._lay_out()
@@ -358,5 +376,5 @@ def render(events: Iterable[TraceRecord], width: int = 120) -> list[str]:
     events = list(events)
     view = TraceView(width)
     for event in events:
-        view.add_column(event)
+        view.know(event)
     return view.feed(events)

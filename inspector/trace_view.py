@@ -6,18 +6,18 @@ time order (ms since the first one shown), and for every doorbell an arrow
 from the ``ring`` to the ``wake`` it caused, labelled with the µs between
 them (``render`` of the test's events at 84 columns)::
 
-        t (ms)   parent               │ 10001                │ 20002
+         t (ms)  parent               │ 10001                │ 20002
                  pid 100              │ pid 101              │ pid 102
     ────────────────────────────────────────────────────────────────────────────────
-         0.000   accept slot 1 20002  │                      │
-         0.010                        │ recv 18 B            │
-         0.011                        │ lock messages 3 µs   │
-         0.012                        │ post →20002 @512 29 B
-         0.013                        │ unlock messages      │
-         0.014                        │ ring →20002          │
-         0.074                        │─────── 60.0 µs ───────▶ wake doorbell
-         0.080                        │                      │ take 1 rec 29 B
-         0.090                        │                      │ send 28 B
+          0.000  accept slot 1 20002  │                      │
+          0.010                       │ recv 18 B            │
+          0.011                       │ lock messages 3 µs   │
+          0.012                       │ post →20002 @512 29 B
+          0.013                       │ unlock messages      │
+          0.014                       │ ring →20002          │
+          0.074                       │─────── 60.0 µs ───────▶ wake doorbell
+          0.080                       │                      │ take 1 rec 29 B
+          0.090                       │                      │ send 28 B
 
 Everything fits the width it is given (the terminal's, for ``python -m shm
 trace``): a row's text runs on over the blank columns to its right rather
@@ -39,6 +39,7 @@ from collections.abc import Iterable
 from shm.layout import TraceEvent, WakeSource
 from shm.trace_reader import LOCK_NAMES, POST_RESULTS, SOURCE_NAMES, TraceRecord
 
+#: The time column and a space: ``999,999.999`` (16 minutes); it widens, under a new header, after that.
 TIME_WIDTH = 12
 #: A column's narrowest: its header ("pid 4194304": Linux's largest pid) between two spaces.
 MIN_CELL = 13
@@ -182,6 +183,7 @@ class TraceView:
         self.columns: list[int] = []  # the pids with a column of their own
         self.others: list[int] = []  # the pids whose rows go to the last column, "others"
         self.cell = MAX_CELL
+        self.time_width = TIME_WIDTH
         self._drawn: tuple[object, ...] = ()  # what the last header drew
         self._header_lines: list[str] = []
         self._under_header = 0  # lines printed since the top of the last header
@@ -217,7 +219,7 @@ class TraceView:
 
     def _fitting(self) -> int:
         """How many columns fit: each but the last at least MIN_CELL wide, the last LAST_ROOM."""
-        return max(1, 1 + (self.width - TIME_WIDTH - LAST_ROOM) // (MIN_CELL + 1))
+        return max(1, 1 + (self.width - self.time_width - LAST_ROOM) // (MIN_CELL + 1))
 
     def _lay_out(self) -> None:
         fitting = self._fitting()
@@ -233,12 +235,14 @@ class TraceView:
             self.others = [pid for pid in workers if pid not in chosen]
         count = len(self.columns) + (1 if self.others else 0)
         if count <= 1:
-            self.cell = max(MIN_CELL, min(MAX_CELL, self.width - TIME_WIDTH))
+            self.cell = max(MIN_CELL, min(MAX_CELL, self.width - self.time_width))
         else:
-            self.cell = max(MIN_CELL, min(MAX_CELL, (self.width - TIME_WIDTH - LAST_ROOM) // (count - 1) - 1))
+            self.cell = max(
+                MIN_CELL, min(MAX_CELL, (self.width - self.time_width - LAST_ROOM) // (count - 1) - 1)
+            )
 
     def _start(self, column: int) -> int:
-        return TIME_WIDTH + column * (self.cell + 1)
+        return self.time_width + column * (self.cell + 1)
 
     def _column_of(self, pid: int) -> int:
         if pid in self.columns:
@@ -250,7 +254,7 @@ class TraceView:
         if self.others:
             names.append(("others", f"{len(self.others)} workers"))
         top, bottom = _Canvas(self.width), _Canvas(self.width)
-        top.put(0, f"{'t (ms)':>{TIME_WIDTH - 2}}")
+        top.put(0, f"{'t (ms)':>{self.time_width - 1}}")
         for index, (who, pid) in enumerate(names):
             at = self._start(index)
             if index:
@@ -280,7 +284,7 @@ class TraceView:
 
     def _time(self, t_ns: int) -> str:
         start = t_ns if self.t0 is None else self.t0
-        return f"{(t_ns - start) / 1_000_000:>{TIME_WIDTH - 2},.3f}"
+        return f"{(t_ns - start) / 1_000_000:>{self.time_width - 1},.3f}"
 
     def _row(self, e: TraceRecord) -> str:
         line = _Canvas(self.width)
@@ -349,8 +353,9 @@ class TraceView:
             self.know(e)
             if e.event is TraceEvent.REAP:
                 self._reaped.add(e.child)
+            self.time_width = max(self.time_width, len(self._time(e.t_ns).strip()) + 1)
             self._lay_out()
-            shape = (tuple(self.columns), tuple(self.others), self.width, self.cell)
+            shape = (tuple(self.columns), tuple(self.others), self.width, self.cell, self.time_width)
             if shape != self._drawn:
                 if self._drawn:
                     lines.append("")
@@ -372,7 +377,7 @@ class TraceView:
 
 
 def render(events: Iterable[TraceRecord], width: int = 120) -> list[str]:
-    """The whole diagram of these events, under one header naming every process."""
+    """The whole diagram of these events under one header, every process known from the start."""
     events = list(events)
     view = TraceView(width)
     for event in events:

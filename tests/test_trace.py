@@ -399,6 +399,18 @@ def test_a_text_too_long_for_its_room_loses_whole_words_never_a_numbers_unit():
     assert fit("lock messages 12 µs", 19) == "lock messages 12 µs"
 
 
+def test_after_hours_of_following_the_time_column_widens_under_a_new_header():
+    hour = 3_600_000_000  # µs
+    view = TraceView(width=96, height=20)
+    lines = []
+    for at in (0, hour, 3 * hour):
+        lines += view.feed([record(1, at, 101, 10001, TraceEvent.RECV, bytes=5)])
+    assert_fits(lines, 96, pids=[101], ids=[10001])
+    last_header = max(i for i, line in enumerate(lines) if "t (ms)" in line)
+    assert lines[-1].startswith("10,800,000.000 ")  # three hours, in ms
+    assert lines[-1].index("recv") == lines[last_header].index("10001")  # still under its header
+
+
 def test_at_160_columns_each_of_the_eight_workers_has_a_column():
     lines = render(eight_workers(), width=160)
     assert_fits(lines, 160)

@@ -47,6 +47,8 @@ MAX_CELL = 30
 #: Columns the last column keeps for its text ("12345 lock messages 12 µs" fits).
 LAST_ROOM = 26
 ARROW = "─"
+#: The note under a header with an "others" column, before the workers it holds.
+OTHERS_NOTE = "others, the workers idle longest (a wider pane gives each a column):"
 #: The words that follow a number in a row: a cut never keeps the number without them.
 UNITS = ("µs", "B", "rec")
 
@@ -122,7 +124,7 @@ def fit(text: str, room: int) -> str:
         kept.append(word)
     if kept and words[len(kept)] in UNITS:
         kept.pop()  # "5120" without its "µs" would read as something else
-    return " ".join([*kept, "…"]) if kept else "…"[: max(room, 0)]
+    return " ".join([*kept, "…"]) if kept else "…" if room > 0 else ""
 
 
 class _Canvas:
@@ -269,16 +271,16 @@ class TraceView:
         return lines
 
     def _note(self) -> list[str]:
-        """The workers in "others", every one named whole, wrapped at the width."""
-        items = [f"{self.who[pid]} (pid {pid})" for pid in self.others]
-        lines, line = [], " others, the workers idle longest (a wider pane gives each a column):"
-        for item in items:
-            if display_width(f"{line} {item},") > self.width and line.strip():
+        """The workers in "others", each named whole (never split over two lines), wrapped at the width."""
+        units = [*OTHERS_NOTE.split(" "), *(f"{self.who[pid]} (pid {pid})," for pid in self.others)]
+        units[-1] = units[-1].rstrip(",")
+        lines, line = [], ""
+        for unit in units:
+            if line and display_width(f"{line} {unit}") > self.width:
                 lines.append(line)
-                line = "  "
-            line = f"{line} {item},"
-        lines.append(line.rstrip(","))
-        return lines
+                line = " "
+            line = f"{line} {unit}"
+        return [fit(line, self.width) for line in [*lines, line]]
 
     # -- the rows ------------------------------------------------------------------------
 

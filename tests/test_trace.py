@@ -411,6 +411,11 @@ def test_after_hours_of_following_the_time_column_widens_under_a_new_header():
     assert lines[-1].index("recv") == lines[last_header].index("10001")  # still under its header
 
 
+@pytest.mark.parametrize("width", range(30, 201, 17))
+def test_at_any_width_no_line_is_wider_and_no_pid_is_cut(width):
+    assert_fits(render(eight_workers(), width=width), width)
+
+
 def test_at_160_columns_each_of_the_eight_workers_has_a_column():
     lines = render(eight_workers(), width=160)
     assert_fits(lines, 160)

@@ -78,8 +78,8 @@ def run(port: int, say: Narrator) -> None:
             "SIGKILL runs no code of the victim: nobody calls semop V. The kernel, as it tears the "
             "process down, applies the undo record that SEM_UNDO kept for it and adds the 1 back. "
             "A's blocked semop completes at once, its message reaches B, and the parent reaps H's "
-            "worker and tells everyone. By then the lock has changed hands, perhaps more than "
-            "once: whoever holds it now is a live process.",
+            "worker and tells everyone. By the time we look, the lock may have changed hands "
+            "more than once: it is free, or held by a live process, never by H's worker again.",
         )
         os.kill(h_pid, signal.SIGKILL)
         line = b.expect(rf"^\[msg from {a.id}\] are you there\?")

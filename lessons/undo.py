@@ -116,10 +116,11 @@ def run(port: int, say: Narrator) -> None:
             "The trace, read back",
             "H's 'lock messages' has no 'unlock': no process wrote one. The reader sees a lock "
             "never given back by a process the parent reaped, and shows it as handed back by "
-            'SEM_UNDO (✝ in the trace pane, "event": "undo", "derived": true with --json). '
-            "A's first lock shows how long A's worker waited in semop; it comes before the undo row "
-            "because the kernel undid the lock as H's worker exited, a moment before the parent "
-            "reaped it.",
+            'SEM_UNDO (✝ in the trace pane, "event": "undo", "derived": true with --json), at the '
+            "reap: the trace cannot know sooner. The kernel gave the 1 back a moment earlier, as "
+            "H's worker exited. A's first lock shows how long A's worker waited in semop; A's "
+            "worker writes it when it next runs, so it lands just before or just after the reap, "
+            "as the scheduler decides.",
         )
         rows = []
         for event in tail.with_undo():

@@ -145,6 +145,10 @@ def test_undo_prints_at_the_kill_what_its_narration_says(lesson_server: ServerPr
     )
     assert free or held, after
     assert int((free or held).group(1)) != h_pid  # type: ignore[union-attr]
+    # The trace read back claims no order between A's first lock and the reap: it varies.
+    rows = out[out.index("The trace, read back") : out.index("Everybody keeps chatting")]
+    assert "before the undo row" not in rows and "after the undo row" not in rows
+    assert re.search(r"A's worker\s+lock messages \(waited \d+ µs\)", rows)
     # After the kill the words never say the lock is free: by then it may be in use again.
     rest = out[out.index(f"kill -KILL {h_pid}") :]
     words = " ".join(line.strip() for line in rest.splitlines() if line.startswith("   ") and line[3] != " ")

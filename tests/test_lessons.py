@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+import wcwidth
 from conftest import ROOT, TIMEOUT, ServerProcess, python_env
 from demokit import Demo, free_port
 
@@ -221,6 +222,11 @@ def test_the_demo_traces_a_typed_message_runs_a_lesson_and_stops_clean(tmp_path:
         wait_screen(trace, r"✝ SEM_UNDO messages")
         for name in "ABC":  # the demo's own clients kept chatting, and saw H leave
             wait_screen(pane(f"client {name}"), r"disconnected \(its worker process died: SIGKILL\)")
+        # The trace fits its pane: no line wrapped (the capture joins wrapped lines back into
+        # one), and after the lesson's burst of rows a header is still in sight.
+        width = int(tmux("display-message", "-p", "-t", trace, "#{pane_width}"))
+        assert max(wcwidth.wcswidth(line) for line in demo.screen(trace).splitlines()) <= width
+        assert "t (ms)" in tmux("capture-pane", "-p", "-t", trace)
     finally:
         stopped = demo.run("stop")
     demo.assert_stopped_clean(stopped, pane_pids)

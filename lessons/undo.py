@@ -11,6 +11,7 @@ from lessons.kit import (
     Narrator,
     Semaphore,
     TraceTail,
+    alive,
     connect_all,
     describe_event,
     server_pid,
@@ -100,7 +101,8 @@ def run(port: int, say: Narrator) -> None:
                 (e for e in tail.with_undo() if e.event is TraceEvent.UNDO and e.pid == h_pid), None
             ),
         )
-        in_use = ": in use again, by a live process" if not after.value and after.last_pid != h_pid else ""
+        live_holder = not after.value and after.last_pid != h_pid and alive(after.last_pid)
+        in_use = ": in use again, by a live process" if live_holder else ""
         say.show(
             [
                 f"{names[h_pid]:12} {describe_event(undo)}   <- no unlock from H: SEM_UNDO gave the 1 back",

@@ -2,10 +2,10 @@
 
 ``shm/__main__.py`` parses the command line and finds the port
 (``shm.discovery``); ``trace_command`` reads the rings (``shm.trace_reader``)
-and prints the diagram (``inspector.trace_view``) or one JSON object per
-event.  Like ``inspect --watch``, ``--follow`` attaches the trace segment for
-each read only, so a stopped server's segment disappears from ``ipcs`` at
-once.
+and prints the diagram (``inspector.trace_view``) as wide as the terminal
+(``COLUMNS`` when set), or one JSON object per event.  Like ``inspect
+--watch``, ``--follow`` attaches the trace segment for each read only, so a
+stopped server's segment disappears from ``ipcs`` at once.
 """
 
 from __future__ import annotations
@@ -35,9 +35,13 @@ def _order(event: TraceRecord) -> tuple[int, int, int]:
 
 def trace_command(port: int, follow: bool, as_json: bool) -> int:
     """Run the command as parsed; the exit status (1 when there is no trace table)."""
-    view = TraceView(shutil.get_terminal_size((120, 40)).columns)
+    view = TraceView()
 
     def show(events: list[TraceRecord]) -> None:
+        # The terminal's size, read again each time: a pane resized while
+        # following gets a new layout and header at its next event.
+        size = shutil.get_terminal_size((120, 40))
+        view.width, view.height = size.columns, size.lines if follow else None
         if as_json:
             for event in events:
                 print(json.dumps(event.as_json()))
@@ -61,7 +65,7 @@ def trace_command(port: int, follow: bool, as_json: bool) -> int:
             print(f"the trace table of port {port} has no events yet", file=sys.stderr)
         events = with_undo(events)
         for event in events:  # every process known at once: one header
-            view.add_column(event)
+            view.know(event)
         show(events)
         return 0
     tracker = UndoTracker()

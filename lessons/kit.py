@@ -19,7 +19,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TextIO, TypeVar
+from typing import NamedTuple, TextIO, TypeVar
 
 import sysv_ipc
 
@@ -276,6 +276,14 @@ def slot_of(port: int, client_id: int) -> int:
     return next(c.slot for c in snap.clients or [] if c.online and c.client_id == client_id)
 
 
+class LockState(NamedTuple):
+    """One reading of a lock: its value, how many wait for it, and the pid of its last semop."""
+
+    value: int
+    waiting: int
+    last_pid: int
+
+
 class Semaphore:
     """One table lock as ``semctl`` reports it (GETVAL, GETNCNT, GETPID); never operated on."""
 
@@ -294,9 +302,28 @@ class Semaphore:
     def last_pid(self) -> int:
         return self.sem.last_pid
 
-    def describe(self) -> str:
-        state = "1 = free" if self.value else "0 = held"
-        return f"value {state}, {self.waiting} waiting, last semop by pid {self.last_pid}"
+    def state(self) -> LockState:
+        """The three numbers, read until two readings agree (each is its own semctl call)."""
+        before = LockState(self.value, self.waiting, self.last_pid)
+        for _ in range(100):
+            after = LockState(self.value, self.waiting, self.last_pid)
+            if after == before:
+                break
+            before = after
+        return before
+
+    def describe(self, names: dict[int, str] | None = None, state: LockState | None = None) -> str:
+        """The lock in words; ``names`` says whose a pid is.
+
+        A binary lock reaches 0 only by a semop P (a release and SEM_UNDO's
+        give-back both add 1), so while it is held the pid of its last semop
+        is its holder's.
+        """
+        value, waiting, pid = state or self.state()
+        whose = f"pid {pid}" + (f" ({names[pid]})" if names and pid in names else "")
+        if value:
+            return f"value 1 = free, {waiting} waiting, last semop by {whose}"
+        return f"value 0 = held by {whose}, {waiting} waiting"
 
 
 class TraceTail:
@@ -340,8 +367,10 @@ def describe_event(event: TraceRecord) -> str:
     kind = event.event
     if kind is TraceEvent.LOCK:
         return f"lock {js['lock']} (waited {event.waited_us} µs)"
-    if kind in (TraceEvent.UNLOCK, TraceEvent.UNDO):
-        return f"{js['event']} {js['lock']}"
+    if kind is TraceEvent.UNDO:
+        return f"✝ SEM_UNDO {js['lock']}"
+    if kind is TraceEvent.UNLOCK:
+        return f"unlock {js['lock']}"
     if kind is TraceEvent.POST:
         return f"post →{event.to} @{event.offset} {event.bytes} B"
     if kind is TraceEvent.RING:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+import wcwidth
 from conftest import ROOT, TIMEOUT, ServerProcess, python_env
 from demokit import Demo, free_port
 
@@ -108,12 +109,52 @@ def test_undo_shows_the_lock_handed_back_and_chatting_going_on(lesson_server: Se
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     h_pid = int(re.search(r"H is client \d{5}, its worker is pid (\d+)", out).group(1))  # type: ignore[union-attr]
-    assert re.search(rf"messages lock: value 0 = held, 0 waiting, last semop by pid {h_pid}", out)
-    assert "messages lock: value 0 = held, 1 waiting" in out
-    assert "messages lock: value 1 = free" in out
+    assert re.search(rf"messages lock: value 0 = held by pid {h_pid} \(H's worker\), 0 waiting", out)
+    assert re.search(rf"messages lock: value 0 = held by pid {h_pid} \(H's worker\), [1-9]\d* waiting", out)
     assert re.search(rf"parent\s+reap {h_pid}", out)
-    assert re.search(r"H's worker\s+undo messages\s+<- given back by the kernel \(SEM_UNDO\)", out)
+    assert re.search(r"H's worker\s+✝ SEM_UNDO messages\s+<- given back by the kernel \(SEM_UNDO\)", out)
     assert "A got: [msg from" in out and "yes, still here" in out
+    no_workers_left(lesson_server)
+
+
+def test_undo_prints_at_the_kill_what_its_narration_says(lesson_server: ServerProcess) -> None:
+    """The kernel gives the 1 back, A's blocked semop returns, B gets the message, and the
+    lock, read afterwards, is free or held by a live process other than H, and said so."""
+    done = lesson("undo", "--port", str(lesson_server.port))
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    h_pid = int(re.search(r"H is client \d{5}, its worker is pid (\d+)", out).group(1))  # type: ignore[union-attr]
+    a_id = re.search(r"A is client (\d{5})", out).group(1)  # type: ignore[union-attr]
+    kill = out[out.index(f"kill -KILL {h_pid}") : out.index("The trace, read back")]
+    said = " ".join(line.strip() for line in kill.splitlines() if line.startswith("   ") and line[3] != " ")
+    shown = [line.strip() for line in kill.splitlines() if line.startswith("     ")]
+    assert "adds the 1 back" in said and "A's blocked semop completes" in said
+    assert re.fullmatch(
+        r"H's worker\s+✝ SEM_UNDO messages\s+<- no unlock from H: SEM_UNDO gave the 1 back", shown[0]
+    )
+    assert re.fullmatch(
+        r"A's worker\s+lock messages \(waited \d+ µs\)\s+<- A's blocked semop P returned", shown[1]
+    )
+    assert shown[2] == f"B got: [msg from {a_id}] are you there?"
+    assert re.fullmatch(
+        rf"messages lock before the kill: value 0 = held by pid {h_pid} \(H's worker\), [1-9]\d* waiting",
+        shown[4],
+    )
+    after = shown[5].removeprefix("messages lock after: ")
+    free = re.fullmatch(r"value 1 = free, \d+ waiting, last semop by pid (\d+)( \(.+\))?", after)
+    held = re.fullmatch(
+        r"value 0 = held by pid (\d+)( \(.+\))?, \d+ waiting: in use again, by a live process", after
+    )
+    assert free or held, after
+    assert int((free or held).group(1)) != h_pid  # type: ignore[union-attr]
+    # The trace read back claims no order between A's first lock and the reap: it varies.
+    rows = out[out.index("The trace, read back") : out.index("Everybody keeps chatting")]
+    assert "before the undo row" not in rows and "after the undo row" not in rows
+    assert re.search(r"A's worker\s+lock messages \(waited \d+ µs\)", rows)
+    # After the kill the words never say the lock is free: by then it may be in use again.
+    rest = out[out.index(f"kill -KILL {h_pid}") :]
+    words = " ".join(line.strip() for line in rest.splitlines() if line.startswith("   ") and line[3] != " ")
+    assert not re.search(r"is free(?!, or held)|value 1", words), words
     no_workers_left(lesson_server)
 
 
@@ -178,9 +219,14 @@ def test_the_demo_traces_a_typed_message_runs_a_lesson_and_stops_clean(tmp_path:
         # servers on this machine, and the lesson would ask which one).
         done = lesson("undo", "--port", str(port))
         assert done.returncode == 0, done.stdout + done.stderr
-        wait_screen(trace, r"✝ SEM_UNDO")  # (a narrow column cuts the lock's name)
+        wait_screen(trace, r"✝ SEM_UNDO messages")
         for name in "ABC":  # the demo's own clients kept chatting, and saw H leave
             wait_screen(pane(f"client {name}"), r"disconnected \(its worker process died: SIGKILL\)")
+        # The trace fits its pane: no line wrapped (the capture joins wrapped lines back into
+        # one), and after the lesson's burst of rows a header is still in sight.
+        width = int(tmux("display-message", "-p", "-t", trace, "#{pane_width}"))
+        assert max(wcwidth.wcswidth(line) for line in demo.screen(trace).splitlines()) <= width
+        assert "t (ms)" in tmux("capture-pane", "-p", "-t", trace)
     finally:
         stopped = demo.run("stop")
     demo.assert_stopped_clean(stopped, pane_pids)

@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterable
 
 import pytest
 import sysv_ipc
 import tablekit
-from conftest import ROOT, TIMEOUT, python_env
+import wcwidth
+from conftest import ROOT, TIMEOUT, piped, python_env
 
-from inspector.trace_view import TraceView, event_text, render
+from inspector.trace_view import TraceView, event_text, fit, render
 from shm import layout
 from shm.discovery import running_servers
 from shm.layout import IpcObject, TraceEvent, WakeSource
@@ -301,15 +305,18 @@ SEND = [
 
 def test_the_diagram_has_a_column_per_process_and_an_arrow_from_ring_to_wake():
     lines = render(SEND, width=100)
-    assert len([line for line in lines if "pid" in line]) == 1  # one header: every process known
-    header = lines[0]
-    assert header.index("parent pid 100") < header.index("10001 pid 101") < header.index("20002 pid 102")
+    assert len([line for line in lines if "t (ms)" in line]) == 1  # one header: every process known
+    names, pids = lines[0], lines[1]  # the header: who, then the pid under it
+    assert names.index("parent") < names.index("10001") < names.index("20002")
+    assert [pids.index(f"pid {pid}") for pid in (100, 101, 102)] == [
+        names.index(who) for who in ("parent", "10001", "20002")
+    ]
     post = next(line for line in lines if "post →20002 @512 29 B" in line)
-    assert post.index("post") == header.index("10001 pid 101")  # under the sender
+    assert post.index("post") == names.index("10001")  # under the sender
     wake = next(line for line in lines if "wake doorbell" in line)
     assert "▶ wake doorbell" in wake and "60.0 µs" in wake  # 74 - 14 µs after the ring
     assert wake.index("60.0 µs") < wake.index("▶") and "─" in wake
-    times = [line.split()[0] for line in lines[2:]]  # ms since the first event, in time order
+    times = [line.split()[0] for line in lines[3:]]  # ms since the first event, in time order
     assert times == ["0.000", "0.010", "0.011", "0.012", "0.013", "0.014", "0.074", "0.080", "0.090"]
 
 
@@ -322,9 +329,142 @@ def test_a_followed_pane_gives_a_reaped_workers_column_to_the_next_process():
             record(3, 120, 103, 30003, TraceEvent.RECV, bytes=5),  # a newcomer in its own column
         ]
     )
-    header = next(line for line in lines if "pid" in line)
-    assert "30003 pid 103" in header and "20002 pid 102" in header
-    assert "10001 pid 101" not in header  # the reaped worker's column made room
+    at = next(i for i, line in enumerate(lines) if "t (ms)" in line)
+    names, pids = lines[at], lines[at + 1]
+    assert "30003" in names and "20002" in names and "pid 103" in pids and "pid 102" in pids
+    assert "10001" not in names and "pid 101" not in pids  # the reaped worker's column made room
+
+
+#: Eight workers, as in the demo with a lesson running, with pids as long as Linux makes them.
+PARENT = 4194000
+WORKERS = {4194001 + n: 10001 + 11111 * n for n in range(8)}  # pid -> client id
+
+
+def eight_workers() -> list[TraceRecord]:
+    """Eight clients connect, the first sends to the last and the last to the second (long
+    waits, a full mailbox), the third is killed holding the messages lock."""
+    events, t = [], 0
+    for slot, (pid, who) in enumerate(WORKERS.items()):
+        t += 100
+        events += [
+            record(0, t, PARENT, 0, TraceEvent.ACCEPT, slot=slot, to=who),
+            record(0, t + 1, PARENT, 0, TraceEvent.FORK, child=pid, slot=slot, to=who),
+            record(1 + slot, t + 5, pid, who, TraceEvent.SEND, bytes=64),
+        ]
+    pids, ids = list(WORKERS), list(WORKERS.values())
+    for sender, receiver in ((0, 7), (7, 1)):
+        s_pid, r_pid, s_who, r_who = pids[sender], pids[receiver], ids[sender], ids[receiver]
+        t += 1000
+        events += [
+            record(1 + sender, t, s_pid, s_who, TraceEvent.WAKE, source=WakeSource.SOCKET),
+            record(1 + sender, t + 1, s_pid, s_who, TraceEvent.RECV, bytes=4096),
+            record(1 + sender, t + 2, s_pid, s_who, TraceEvent.LOCK, lock=4, waited_us=2016024),
+            record(
+                1 + sender,
+                t + 3,
+                s_pid,
+                s_who,
+                TraceEvent.POST,
+                to=r_who,
+                offset=262100,
+                bytes=4120,
+                status=2,
+            ),
+            record(1 + sender, t + 4, s_pid, s_who, TraceEvent.UNLOCK, lock=4),
+            record(1 + sender, t + 5, s_pid, s_who, TraceEvent.RING, to=r_who, slot=receiver),
+            record(1 + receiver, t + 2000, r_pid, r_who, TraceEvent.WAKE, source=WakeSource.DOORBELL),
+            record(1 + receiver, t + 2001, r_pid, r_who, TraceEvent.TAKE, records=12, bytes=4120),
+        ]
+    t += 5000
+    events += [
+        record(3, t, pids[2], ids[2], TraceEvent.LOCK, lock=4, waited_us=3),
+        record(0, t + 900, PARENT, 0, TraceEvent.REAP, child=pids[2], slot=2, to=ids[2], status=9),
+    ]
+    return with_undo(events, alive=lambda pid: False)
+
+
+def assert_fits(
+    lines: list[str],
+    width: int,
+    pids: Iterable[int] = (PARENT, *WORKERS),
+    ids: Iterable[int] = WORKERS.values(),
+) -> None:
+    """No line wider than ``width`` (wide characters count 2), every pid and client id whole."""
+    pids, ids = set(pids), set(ids)
+    for line in lines:
+        assert wcwidth.wcswidth(line) <= width, f"{wcwidth.wcswidth(line)} columns: {line!r}"
+        for pid in re.findall(r"(?:pid|reap) (\d+)", line):
+            assert int(pid) in pids, f"a cut pid {pid}: {line!r}"
+        numbers = re.sub(r"(?:pid|reap) \d+|\d+ (?:µs|B|rec)\b", "", line)  # what is left may be an id
+        for who in re.findall(r"(?<![\d.,@])\d{5}(?![\d.,])", numbers):
+            assert int(who) in ids, f"a cut client id {who}: {line!r}"
+
+
+def test_eight_workers_fit_96_columns_with_every_pid_whole():
+    lines = render(eight_workers(), width=96)
+    assert_fits(lines, 96)
+    names, pids = lines[0], lines[1]
+    assert "t (ms)" in names and "parent" in names and "others" in names
+    shown = [pid for pid in WORKERS if f"pid {pid}" in pids]
+    # The workers that sent (0 and 7) or were sent to (1) keep a column, though 0 and 1 are
+    # the oldest; the five that only connected share "others".
+    assert shown == [list(WORKERS)[n] for n in (0, 1, 7)]
+    note = " ".join(lines[3 : lines.index(next(line for line in lines if "0.000" in line))])
+    for pid, who in WORKERS.items():  # every other one is named, whole, in the note
+        assert pid in shown or f"{who} (pid {pid})" in note
+    killed = list(WORKERS.values())[2]  # in "others": its rows say whose they are
+    assert any(f"{killed} ✝ SEM_UNDO messages" in line for line in lines)
+
+
+def test_a_text_too_long_for_its_room_loses_whole_words_never_a_numbers_unit():
+    assert fit("96697 lock directory 5120 µs", 26) == "96697 lock directory …"
+    assert fit("reap 4194001 SIGKILL", 15) == "reap 4194001 …"
+    assert fit("lock messages 12 µs", 19) == "lock messages 12 µs"
+
+
+def test_after_hours_of_following_the_time_column_widens_under_a_new_header():
+    hour = 3_600_000_000  # µs
+    view = TraceView(width=96, height=20)
+    lines = []
+    for at in (0, hour, 3 * hour):
+        lines += view.feed([record(1, at, 101, 10001, TraceEvent.RECV, bytes=5)])
+    assert_fits(lines, 96, pids=[101], ids=[10001])
+    last_header = max(i for i, line in enumerate(lines) if "t (ms)" in line)
+    assert lines[-1].startswith("10,800,000.000 ")  # three hours, in ms
+    assert lines[-1].index("recv") == lines[last_header].index("10001")  # still under its header
+
+
+@pytest.mark.parametrize("width", range(30, 201, 17))
+def test_at_any_width_no_line_is_wider_and_no_pid_is_cut(width):
+    assert_fits(render(eight_workers(), width=width), width)
+
+
+def test_at_160_columns_each_of_the_eight_workers_has_a_column():
+    lines = render(eight_workers(), width=160)
+    assert_fits(lines, 160)
+    assert "others" not in lines[0]
+    assert all(f"pid {pid}" in lines[1] for pid in (PARENT, *WORKERS))
+
+
+def test_a_resized_pane_gets_a_new_header_that_fits():
+    events = eight_workers()
+    view = TraceView(width=160)
+    wide = view.feed(events[:20])
+    view.width = 96
+    narrow = view.feed(events[20:])
+    assert_fits(narrow, 96)
+    assert "t (ms)" in narrow[1] and "others" in narrow[1]  # after a blank line
+    assert max(wcwidth.wcswidth(line) for line in wide) > 96
+
+
+def test_followed_the_header_comes_again_before_it_scrolls_out_of_the_pane():
+    view = TraceView(width=96, height=20)
+    shown: list[str] = []
+    for event in eight_workers() * 3:
+        shown += view.feed([event])
+        pane = shown[-19:]  # what a 20-line pane shows above the cursor's line
+        assert any("t (ms)" in line for line in pane), "\n".join(pane)
+    assert_fits(shown, 96)
 
 
 def test_a_wake_from_the_socket_answers_no_ring():
@@ -481,3 +621,53 @@ def test_a_killed_lock_holder_shows_sem_undo_in_the_trace(start_server, connect)
     assert undo == [{**undo[0], "who": holder.id, "lock": "messages", "derived": True}]
     a.send(f"/send {b.id} still here")  # the lock is free again: everybody keeps chatting
     b.expect(r"still here")
+
+
+def test_shm_trace_of_eight_workers_fits_96_columns_once_and_followed(start_server, connect):
+    server = start_server("--trace", "--max-clients", "8")
+    env = {**python_env(), "COLUMNS": "96", "LINES": "20"}
+    command = [sys.executable, "-m", "shm", "trace", "--port", str(server.port)]
+    follow = subprocess.Popen(
+        [*command, "--follow"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    followed: list[str] = []
+    reading = threading.Thread(
+        target=lambda: followed.extend(line.rstrip("\n") for line in piped(follow.stdout))
+    )
+    reading.start()
+    try:
+        clients = [connect(target=server) for _ in range(8)]
+        clients[0].send(f"/send {clients[7].id} from the first to the last")
+        clients[7].expect(r"from the first to the last")
+        pids = {server.pid, *server.worker_pids()}
+        assert len(pids) == 9
+        victim = wait_until(lambda: worker_of(server.port, clients[3].id), "the fourth worker's pid")
+        os.kill(victim, signal.SIGKILL)
+        clients[0].expect(rf"client {clients[3].id} disconnected")
+
+        def trace_with_the_reap() -> subprocess.CompletedProcess | None:
+            once = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+            assert once.returncode == 0, once.stderr
+            return once if f"reap {victim} SIGKILL" in once.stdout else None
+
+        once = wait_until(trace_with_the_reap, "the reap in the trace")
+        wait_until(lambda: any(f"reap {victim}" in line for line in followed), "the reap followed")
+    finally:
+        server.stop()
+        assert follow.wait(TIMEOUT) == 0, piped(follow.stderr).read()
+        reading.join(TIMEOUT)
+    for lines in (once.stdout.splitlines(), followed):
+        assert "t (ms)" in lines[0] and "pid" in lines[1]
+        assert any(f"reap {victim} SIGKILL" in line for line in lines)
+        assert_fits(lines, 96, pids, {client.id for client in clients})
+    window = 19  # a 20-line pane shows 19 lines above the cursor's
+    for end in range(window, len(followed) + 1):  # the pane after each row printed
+        if re.match(r" *[\d,]+\.\d{3} ", followed[end - 1]):
+            assert any("t (ms)" in line for line in followed[end - window : end]), end
+
+
+def worker_of(port: int, client_id: int) -> int | None:
+    from shm.snapshot import take_snapshot
+
+    snap = take_snapshot(port)
+    return next((c.pid for c in snap.clients or [] if c.online and c.client_id == client_id), None)

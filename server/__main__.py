@@ -54,6 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="record every IPC step in a trace table, for python -m shm trace (off by default)",
     )
     parser.add_argument(
+        "--no-flood-control",
+        dest="flood_control",
+        action="store_false",
+        help="read every client as fast as it sends, however much it sends (for benchmarks and load tests)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -87,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         spool_dir=args.spool_dir,
         lesson_hooks=args.lesson_hooks,
         trace=args.trace,
+        flood_control=args.flood_control,
     )
     return run(config)
 

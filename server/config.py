@@ -40,6 +40,9 @@ class ServerConfig:
     lesson_hooks: bool = False
     #: Record every IPC step in the trace table (``python -m shm trace``).
     trace: bool = False
+    #: Read a client that sends chat faster than its budget more slowly
+    #: (``server/flood.py``); off with ``--no-flood-control``.
+    flood_control: bool = True
 
     def spool_path(self, port: int) -> str:
         if self.spool_dir:

@@ -212,7 +212,10 @@ def test_a_flooder_is_slowed_and_told_once_while_a_reader_at_1_MB_s_is_never_cut
         flooder.expect(FLOOD_NOTICE, timeout=30.0)
         # The flood goes on at the budget's pace: lines keep arriving after the burst.
         after_burst = BYTE_BURST // BIG + 4
-        wait_for(lambda: len(reader.numbers(flooder.id)) > after_burst or reader.closed.is_set(), "slowed lines")
+        wait_for(
+            lambda: len(reader.numbers(flooder.id)) > after_burst or reader.closed.is_set(),
+            "lines after the burst",
+        )
         assert not reader.closed.is_set(), f"the reader was cut off: {server.log()[-600:]}"
         relayed = len(reader.numbers(flooder.id))
         elapsed = time.monotonic() - started
@@ -241,7 +244,8 @@ def test_3000_short_lines_from_a_script_all_arrive_and_only_long_lines_after_the
     script, receiver = connect(), connect()
     script.expect(rf"client {receiver.id} joined")
     started = time.monotonic()
-    script.send_bytes(b"".join(f"/send {receiver.id} s{i} a line from a script\n".encode() for i in range(3000)))
+    lines = [f"/send {receiver.id} s{i} a line from a script\n" for i in range(3000)]
+    script.send_bytes("".join(lines).encode())
     script.send("/active")
     for i in range(3000):
         receiver.expect(rf"^\[msg from {script.id}\] s{i} a line from a script$", timeout=30.0)

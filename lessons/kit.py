@@ -237,7 +237,8 @@ def find_port(port: int | None, command: str = "./dev lesson") -> int:
     if not any(e.obj == IpcObject.TRACE_SEGMENT for e in objects):
         raise LessonFailed(
             f"the server on port {port} runs without --trace. The lessons need the demo's server: "
-            f"stop this one and start '{DEMO_COMMAND}' (python -m server --trace --lesson-hooks --no-flood-control)"
+            f"stop this one and start '{DEMO_COMMAND}' "
+            "(python -m server --trace --lesson-hooks --no-flood-control)"
         )
     return port
 

@@ -87,15 +87,21 @@ class FloodBudget:
 
     def charge(self, size: int) -> bool:
         """Count one chat line of ``size`` bytes; True if the client is now over its budget."""
+        # Called for every line a client sends: plain comparisons, not max()
+        # (a builtin call each, the larger part of this method's work).
         now = self._clock()
-        if self._line_timer <= now and self._byte_timer <= now:
+        line_timer, byte_timer = self._line_timer, self._byte_timer
+        if line_timer <= now and byte_timer <= now:
             self._episode = self._told = False  # caught up: any episode is over
-        self._line_timer = max(self._line_timer, now) + self._line_cost
-        self._byte_timer = max(self._byte_timer, now) + size / self._byte_rate
-        self._over = self._ahead(now) > 0.0
-        if self._over:
+        # A timer left in the past starts again from now (RFC 1459).
+        line_timer = (line_timer if line_timer > now else now) + self._line_cost
+        byte_timer = (byte_timer if byte_timer > now else now) + size / self._byte_rate
+        self._line_timer, self._byte_timer = line_timer, byte_timer
+        over = line_timer - now > self._line_allowance or byte_timer - now > self._byte_allowance
+        if over:
             self._episode = True
-        return self._over
+        self._over = over
+        return over
 
     @property
     def over(self) -> bool:

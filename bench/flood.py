@@ -10,12 +10,16 @@ default) from one process:
 * a **slow reader**, who reads about ``--reader-rate`` bytes a second
   (1 MB/s by default, the reader the issue saw cut off);
 * everyone else, who read as fast as they can and each send a small
-  private message to a random other one every ``--interval`` seconds.
+  private message every ``--interval`` seconds: to the slow reader with
+  probability ``--to-slow`` (5 % by default: people write to a slow reader
+  too, and a design that makes its mailbox push back would hold them up),
+  otherwise to a random one of the others.
 
 The run has two phases: ``--calm`` seconds without the flooder, then
 ``--flood`` seconds with it.  For each phase it prints the p50 and p99 of
-the private messages' delay (from the sender's write to the receiver's
-read, both in this process), how many were sent and received, whether the
+the delay of the private messages among the others (from the sender's
+write to the receiver's read, both in this process), how many were sent and
+received, how many of those to the slow reader arrived, whether the
 slow reader was cut off (and when), and the flooder's accepted rate: the
 broadcast lines and bytes per second one of the fast readers received.
 
@@ -67,13 +71,17 @@ class Client:
 
 @dataclass
 class Phase:
-    delays: list[float] = field(default_factory=list)  # ms
+    delays: list[float] = field(default_factory=list)  # ms, among the others
     sent: int = 0
+    to_slow: int = 0  # sent to the slow reader (not in ``delays``)
+    slow_got: int = 0
     flood_lines: int = 0  # received by the watching fast reader
     flood_bytes: int = 0
 
 
-def run(server: ShmchatIn, clients: int, calm: float, flood: float, interval: float, rate: float) -> None:
+def run(
+    server: ShmchatIn, clients: int, calm: float, flood: float, interval: float, rate: float, to_slow: float
+) -> None:
     server.start(clients + 5)
     room: list[Client] = []
     try:
@@ -81,14 +89,16 @@ def run(server: ShmchatIn, clients: int, calm: float, flood: float, interval: fl
             role = "flooder" if index == 0 else "slow" if index == 1 else "other"
             room.append(Client(server.connect(index), role))
         settle(server, [c.conn for c in room])
-        measure(room, calm, flood, interval, rate)
+        measure(room, calm, flood, interval, rate, to_slow)
     finally:
         for client in room:
             client.conn.close()
         server.stop()
 
 
-def measure(room: list[Client], calm: float, flood: float, interval: float, rate: float) -> None:
+def measure(
+    room: list[Client], calm: float, flood: float, interval: float, rate: float, to_slow: float
+) -> None:
     flooder, slow = room[0], room[1]
     others = room[2:]
     watcher = others[0]  # counts the flood lines it gets: the flooder's accepted rate
@@ -112,13 +122,17 @@ def measure(room: list[Client], calm: float, flood: float, interval: float, rate
         flooding = name == "flood"
         if now >= next_send:  # every other client sends one private message
             for sender in others:
-                to = rng.choice(others)
-                while to is sender:
+                if rng.random() < to_slow:
+                    to = slow
+                    phase.to_slow += 1
+                else:
                     to = rng.choice(others)
-                sent_at[seq] = time.monotonic()
+                    while to is sender:
+                        to = rng.choice(others)
+                    sent_at[seq] = time.monotonic()
+                    phase.sent += 1
                 sender.out += f"/send {to.conn.ident} p{seq}\n".encode()
                 seq += 1
-                phase.sent += 1
             next_send += interval
         if flooding and len(flooder.out) < len(flood_line):
             flooder.out += flood_line
@@ -162,6 +176,9 @@ def measure(room: list[Client], calm: float, flood: float, interval: float, rate
                 lines, client.tail = data[:cut], data[cut:]
                 received = time.monotonic()
                 for found in PRIVATE.finditer(lines):
+                    if client is slow:
+                        phase.slow_got += 1
+                        continue
                     at = sent_at.pop(int(found.group(1)), None)
                     if at is not None:
                         phase.delays.append((received - at) * 1000)
@@ -180,6 +197,7 @@ def measure(room: list[Client], calm: float, flood: float, interval: float, rate
             figures = "no private message arrived"
         arrived = f"{got} of {phase.sent} arrived in the phase"
         print(f"{name:5} ({length:.0f} s): private messages {figures}   ({arrived})")
+        print(f"      to the slow reader: {phase.slow_got} of {phase.to_slow} arrived in the phase")
         if name == "flood":
             print(
                 "      flooder's accepted rate (seen by a fast reader): "
@@ -203,12 +221,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between each client's messages")
     parser.add_argument("--reader-rate", type=float, default=1e6, help="bytes a second the slow reader reads")
     parser.add_argument(
+        "--to-slow", type=float, default=0.05, help="share of messages sent to the slow reader"
+    )
+    parser.add_argument(
         "server_args", nargs="*", help="more server options, after --, e.g. -- --no-flood-control"
     )
     args = parser.parse_args(argv)
     log(f"flood: server from {args.tree} {' '.join(args.server_args)}")
     server = ShmchatIn(args.tree.resolve(), args.server_args)
-    run(server, args.clients, args.calm, args.flood, args.interval, args.reader_rate)
+    run(server, args.clients, args.calm, args.flood, args.interval, args.reader_rate, args.to_slow)
 
 
 if __name__ == "__main__":

@@ -264,7 +264,10 @@ def test_3000_short_lines_from_a_script_all_arrive_and_only_long_lines_after_the
 def test_a_file_upload_is_not_charged_but_the_same_bytes_as_chat_are(server, connect):
     uploader, receiver = connect(), connect()
     uploader.expect(rf"client {receiver.id} joined")
-    data = (b"z" * 999 + b"\n") * (4 * BYTE_BURST // 1000)  # four bursts' worth
+    # Four bursts' worth, in lines of 1 KiB: every download chunk (256 KiB)
+    # then ends a line, so that a chat line between two frames starts a line
+    # of its own for this client, which reads the frames as lines.
+    data = (b"z" * (KiB - 1) + b"\n") * (4 * BYTE_BURST // KiB)
     digest = hashlib.sha256(data).hexdigest()
     uploader.send(f"/sendfile {receiver.id} {len(data)} {digest} big.txt")
     transfer = uploader.expect(rf"^\[upload (\d{{5}}-\d+) ready\] {len(data)} ").group(1)

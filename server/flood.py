@@ -34,8 +34,9 @@ KiB = 1024
 #: pastes 3,000 short lines at once (the issue's example) fits with room to
 #: spare; so does anything a person types or pastes.
 LINE_BURST = 4000
-#: Lines per second a client may send for as long as it likes: ten times a
-#: fast bot's pace, hundreds of times a person's.
+#: Lines per second a client may send for as long as it likes: hundreds of
+#: times a person's pace (a line every few seconds), and more than any bot
+#: answering people needs.
 LINE_RATE = 100.0
 #: Bytes a client may send at once: 3,000 lines of 170 bytes, a pasted page
 #: a hundred times over, or eight lines at the 64 KiB length cap.
@@ -57,10 +58,10 @@ class FloodBudget:
     """One client's allowance for chat input: lines and bytes per second, with a burst.
 
     ``charge`` after each chat line; ``over`` says whether to stop handling
-    its lines; ``wait`` how long until reading may go on.  An *episode* of flooding
-    starts when a charge first puts the client over its budget and ends once
-    both timers have caught up with the clock (the client has earned its
-    whole burst back); ``notice_due`` is true once per episode.
+    its lines; ``wait`` how long until reading may go on.  An *episode* of
+    flooding starts when a charge first puts the client over its budget and
+    ends once both timers have caught up with the clock (the client has
+    earned its whole burst back); ``notice_due`` is true once per episode.
     """
 
     def __init__(

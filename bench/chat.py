@@ -7,7 +7,8 @@ looks like).  ngIRCd is the reference: a small, well-regarded single-process
 C IRC daemon (Debian package ``ngircd``), run in the foreground from a config
 generated into a temporary folder: no DNS, ident or PAM lookups,
 ``MaxConnectionsIP = 0``, and ``MaxPenaltyTime = 0`` so that its flood
-throttle does not cap throughput.  One-to-one is ``PRIVMSG <nick>``; a
+throttle does not cap throughput; shmchat likewise runs with
+``--no-flood-control``.  One-to-one is ``PRIVMSG <nick>``; a
 broadcast is ``PRIVMSG #all``, a channel every client joined.
 
 The floor (``bench/floor/floor.c``) is a lean C build of exactly shmchat's
@@ -282,7 +283,8 @@ class Shmchat(ChatServer):
 
     def start(self, max_clients: int) -> None:
         command = [sys.executable, "-m", "server", "--port", "0", "--log-level", "WARNING"]
-        self.launch([*command, "--max-clients", str(max_clients), *self.extra_args], REPO)
+        options = ["--max-clients", str(max_clients), "--no-flood-control", *self.extra_args]
+        self.launch([*command, *options], REPO)
 
     def launch(self, command: list[str], cwd: Path) -> None:
         """Start a server that prints ``listening on HOST:PORT`` first (shmchat, the floor)."""

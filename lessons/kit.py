@@ -219,7 +219,7 @@ def demo_command() -> str:
     """
     if programs.from_checkout():
         return f"{programs.dev_script()} demo"
-    return f"{programs.command('server')} --trace --lesson-hooks --max-clients 8"
+    return f"{programs.command('server')} --trace --lesson-hooks --no-flood-control --max-clients 8"
 
 
 def find_port(port: int | None, command: str) -> int:

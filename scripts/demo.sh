@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The classroom demo: one tmux session with the server, the live inspector, the
 # live trace and three interactive clients, each in its own labelled pane, ready
-# to type into.  The server runs with --trace (the trace pane) and --lesson-hooks
-# (so that ./dev lesson can run against it).
+# to type into.  The server runs with --trace (the trace pane), --lesson-hooks
+# (so that ./dev lesson can run against it) and --no-flood-control (the
+# backpressure lesson floods on purpose, to show the output limit).
 #
 #   scripts/demo.sh start [--port N] [--detach]   open it (and attach, unless --detach
 #                                                 or stdin is not a terminal)
@@ -95,7 +96,7 @@ pane_server() {  # port state
     while true; do
         # sh writes its own pid, then becomes the server: the pid file names the server.
         sh -c 'echo $$ > "$1"; shift; exec "$@"' sh "$state/server.pid" \
-            "$PY" -m server --port "$port" --max-clients "$DEMO_CLIENTS" --trace --lesson-hooks --log-level INFO
+            "$PY" -m server --port "$port" --max-clients "$DEMO_CLIENTS" --trace --lesson-hooks --no-flood-control --log-level INFO
         status=$?
         rm -f "$state/server.pid"
         printf '\n[the server exited with status %s; press Enter to start it again]\n' "$status"
@@ -188,7 +189,7 @@ start() {
     c="$(tmux_ split-window -v -l 50% -t "$b" -P -F '#{pane_id}' "$run _client $PORT C $q_state")"
     trace="$(tmux_ split-window -v -l 40% -t "$inspector" -P -F '#{pane_id}' "$run _trace $PORT")"
 
-    tmux_ select-pane -t "$server" -T "server  (./dev server --port $PORT --trace --lesson-hooks --max-clients $DEMO_CLIENTS)"
+    tmux_ select-pane -t "$server" -T "server  (./dev server --port $PORT --trace --lesson-hooks --no-flood-control --max-clients $DEMO_CLIENTS)"
     tmux_ select-pane -t "$trace" -T "trace  (./dev shm trace --port $PORT --follow)"
     tmux_ select-pane -t "$inspector" -T "inspector  (./dev shm inspect --port $PORT --watch)"
     tmux_ select-pane -t "$a" -T "client A"

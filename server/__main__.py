@@ -75,6 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"record every IPC step in a trace table, for {programs.command('shm')} trace (off by default)",
     )
     parser.add_argument(
+        "--no-flood-control",
+        dest="flood_control",
+        action="store_false",
+        help="read every client as fast as it sends, however much it sends (for benchmarks and load tests)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -117,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         lesson_hooks=args.lesson_hooks,
         trace=args.trace,
         max_per_address=args.max_per_address,
+        flood_control=args.flood_control,
     )
     try:
         return run(config)

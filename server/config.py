@@ -50,13 +50,16 @@ class ServerConfig:
     lock_patience: float = 2.0
     #: Enable the lesson hooks (``/holdlock``): for lessons and tests only.
     lesson_hooks: bool = False
-    #: Record every IPC step in the trace table (``python -m shm trace``).
+    #: Record every IPC step in the trace table (``shm trace``).
     trace: bool = False
     #: Connections one peer address may hold at once (0: no limit).  None means
     #: DEFAULT_MAX_PER_ADDRESS for peers beyond loopback only, so that the
     #: multi-terminal demo on one machine keeps every slot; a number given
     #: explicitly applies to every address, loopback included.
     max_per_address: int | None = None
+    #: Read a client that sends chat faster than its budget more slowly
+    #: (``server/flood.py``); off with ``--no-flood-control``.
+    flood_control: bool = True
 
     def spool_quotas(self, folder: str) -> Quotas:
         """The spool's quotas: those given, or the defaults (``Quotas.for_folder``)."""

@@ -17,6 +17,9 @@ Flow control, so that nobody can stall anybody else:
 * While the outbox holds posts that found a full mailbox, this worker stops
   reading its own socket, so a flooding sender is slowed by TCP, not by
   dropping messages.
+* A client that sends chat faster than its budget (``server.flood``) is read
+  more slowly: its lines wait in its socket, none is dropped, and it is told
+  once.
 * A leaving worker gives its pending posts ``leave_grace`` seconds to find
   room, and reports what is still undelivered then, before its goodbye.
 
@@ -49,6 +52,7 @@ from server.config import ServerConfig
 from server.connection import Connection
 from server.doorbells import Doorbells
 from server.downloads import Downloads
+from server.flood import NOTICE, FloodBudget
 from server.outbox import Outbox
 from server.outcome import Outcome
 from server.spool import Spool
@@ -140,6 +144,8 @@ class Worker:
         self.outbox = Outbox(ipc.messages, doorbells)
         self.uploads = Uploads(caller, ipc.directory, spool, config.max_file_size)
         self.downloads = Downloads(caller, ipc.directory)
+        #: This client's chat budget (``server.flood``); None with --no-flood-control.
+        self.flood = FloodBudget(time.monotonic) if config.flood_control else None
         self.exit: WorkerExit | None = None
         self.farewell: list[str] = []  # the goodbye, said once everything before it is settled
         self.received = 0
@@ -189,17 +195,20 @@ class Worker:
         online = len(self.ipc.directory.online())
         self.conn.say(replies.welcome(self.caller.client_id, online))
         self.take_mail()
-        conn, outbox, downloads = self.conn, self.outbox, self.downloads
+        conn, outbox, downloads, flood = self.conn, self.outbox, self.downloads, self.flood
         while self.exit is None:
+            # A client over its chat budget is not read until the budget allows
+            # (server.flood): epoll_wait then wakes the loop after ``pause`` seconds.
+            pause = flood.wait() if flood is not None else 0.0
             # The checks around poll() nearly always find nothing to do, once or
             # twice a message: their cheap conditions are tested here, in line, and
             # the method is called only when there is something for it.
-            wanted = (0 if outbox.blocked else select.EPOLLIN) | (
+            wanted = (0 if outbox.blocked or pause else select.EPOLLIN) | (
                 select.EPOLLOUT if conn.out or downloads.queue else 0
             )
             if wanted != self._interest:
                 self.update_interest(wanted)
-            for fd, events in self.poller.poll():  # epoll_wait: sleeps until there is work
+            for fd, events in self.poller.poll(pause or -1):  # epoll_wait: sleeps until there is work
                 if self.tracer is not None:
                     self.tracer.wake(WakeSource.DOORBELL if fd == bell else WakeSource.SOCKET)
                 if fd == bell:
@@ -216,7 +225,8 @@ class Worker:
                 self.pump_output()
             if self.framer.buffered and not outbox.blocked and self.exit is None:
                 # The one place input resumes after a flush outside process_input
-                # (a doorbell, a finished download's result) found room again.
+                # (a doorbell, a finished download's result) found room again, or
+                # the flood budget allows this client's lines again.
                 self.process_input()
             if len(conn.out) > self.config.output_limit:
                 self.check_backlog()
@@ -267,15 +277,23 @@ class Worker:
         """Handle every complete line buffered, then post the lines' deliveries in one batch.
 
         Stops early while posts are blocked on a full mailbox; the rest stays
-        in the framer until the receiver makes room and rings back.
+        in the framer until the receiver makes room and rings back.  Stops
+        early too while the client is over its chat budget (``server.flood``);
+        ``serve`` comes back when the budget allows.
         """
-        outbox = self.outbox
-        while self.exit is None and not outbox.blocked:
+        outbox, flood = self.outbox, self.flood
+        held = flood is not None and flood.over  # flooding: the rest waits in the framer
+        while self.exit is None and not outbox.blocked and not held:
             event = self.framer.next_event()
             if event is NEED_DATA:
                 break
             if isinstance(event, Line):
                 self.handle_line(event.text)
+                # Every line is charged but a data frame's header: file data is not chat.
+                if flood is not None and not self.framer.in_raw_mode:
+                    held = flood.charge(len(event.text.encode()))
+                    if held and flood.notice_due():
+                        self.conn.say(replies.notice(NOTICE))
             elif isinstance(event, BadLine):
                 self.conn.say(replies.error(event.reason))
             elif isinstance(event, Data):

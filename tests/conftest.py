@@ -246,8 +246,10 @@ def start_server(tmp_path: Path) -> Iterator:
 
 
 @pytest.fixture
-def server(start_server) -> ServerProcess:
-    return start_server()
+def server(start_server, request: pytest.FixtureRequest) -> ServerProcess:
+    """The test's server; ``@pytest.mark.server_args("--no-flood-control")`` adds options."""
+    marker = request.node.get_closest_marker("server_args")
+    return start_server(*(marker.args if marker else ()))
 
 
 # -- clients -------------------------------------------------------------------------

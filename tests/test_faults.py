@@ -485,6 +485,7 @@ def test_connection_churn_never_leaks_a_slot_and_the_sixth_is_always_refused(ser
 # -- a client that never reads ----------------------------------------------------------------------
 
 
+@pytest.mark.server_args("--no-flood-control")  # the flood is on purpose: it tests the output limit
 def test_a_client_that_never_reads_is_cut_off_and_the_flood_reaches_everyone_else(server, connect):
     a, b, c = connect(), connect(), connect()
     sleeper, sleeper_id = sleeping_socket(server.port)

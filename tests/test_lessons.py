@@ -58,7 +58,7 @@ def no_workers_left(server: ServerProcess) -> None:
 
 @pytest.fixture
 def lesson_server(start_server) -> ServerProcess:
-    return start_server("--trace", "--lesson-hooks")
+    return start_server("--trace", "--lesson-hooks", "--no-flood-control")
 
 
 def test_the_list_names_every_lesson() -> None:

@@ -202,6 +202,7 @@ def test_overlong_line_and_invalid_utf8_are_refused_without_harm(connect):
     b.quiet(r"xxxx|caf")
 
 
+@pytest.mark.server_args("--no-flood-control")  # the flood is on purpose: it tests the output limit
 def test_a_client_that_stops_reading_is_disconnected_and_harms_no_one(server, connect):
     flooder, reader = connect(), connect()
     sleeper = socket.socket()

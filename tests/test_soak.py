@@ -284,6 +284,7 @@ def _record(report: dict, name: str) -> None:
             out.write(json.dumps({"test": name, **report}) + "\n")
 
 
+@pytest.mark.server_args("--no-flood-control")  # five clients sending as fast as they can, on purpose
 def test_soak_short(server):
     before = sysv_objects()
     report = run_soak(server, 5_000)
@@ -295,6 +296,7 @@ def test_soak_short(server):
 
 @pytest.mark.soak
 @pytest.mark.timeout(1800)
+@pytest.mark.server_args("--no-flood-control")
 def test_soak_full(server):
     total = int(os.environ.get("SHMCHAT_SOAK_MESSAGES", "100000"))
     assert total >= 100_000

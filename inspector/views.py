@@ -24,8 +24,8 @@ import time
 
 from inspector.screen import Cell, Screen, id_cell, ids_cells
 from shm import layout
+from shm.discovery import IpcEntry
 from shm.layout import IpcObject, RecordKind
-from shm.segments import IpcEntry
 from shm.snapshot import Snapshot
 
 OBJECT_LABELS = {

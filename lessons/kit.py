@@ -25,8 +25,8 @@ import sysv_ipc
 
 from protocol import replies
 from shm import discovery, layout
+from shm.discovery import list_objects, live_server_pid
 from shm.layout import IpcObject, TraceEvent
-from shm.segments import list_objects, live_server_pid
 from shm.snapshot import NotRunning, take_snapshot
 from shm.trace_reader import TraceRecord, TraceUnavailable, open_trace, with_undo
 from syscalls import processes

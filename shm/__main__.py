@@ -16,8 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shm.discovery import choose_port
-from shm.segments import list_objects, live_server_pid, remove_stale
+from shm.discovery import choose_port, list_objects, live_server_pid, remove_stale
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -1,4 +1,9 @@
-"""Binary semaphores with undo: the four verbs of TLPI's ``binary_sems.c``.
+"""Binary semaphores with undo: three of the four verbs of TLPI's ``binary_sems.c``.
+
+TLPI's fourth verb, ``initSemInUse``, creates a lock already held, for a
+creator that must fill a table before anyone may read it.  shmchat's parent
+fills its tables before its first fork, when nobody else can reach them, so
+every lock starts available and that verb is not here.
 
 Each lock is a System V semaphore used as a mutex (1 = available, 0 = held).
 Two properties matter more than speed here:
@@ -150,17 +155,12 @@ class BinaryLock(HeldByBlock):
         #: Called with the holder's pid when ``patience`` runs out.
         self.on_stuck: Callable[[int], None] | None = None
 
-    # The four verbs ------------------------------------------------------
+    # The verbs ------------------------------------------------------
 
     @classmethod
     def create_available(cls, key: int, mode: int = 0o600) -> BinaryLock:
         """Create a new semaphore whose lock is free (value 1)."""
         return cls(_semget(key, sysv_ipc.IPC_CREX, mode=mode, initial_value=1))  # semget(2) + semctl SETVAL
-
-    @classmethod
-    def create_in_use(cls, key: int, mode: int = 0o600) -> BinaryLock:
-        """Create a new semaphore whose lock is already held (value 0)."""
-        return cls(_semget(key, sysv_ipc.IPC_CREX, mode=mode, initial_value=0))
 
     def reserve(self) -> None:
         """Take the lock (semop P, SEM_UNDO); retried after signals."""

@@ -20,108 +20,23 @@ import ctypes
 import errno
 import logging
 import os
-from dataclasses import dataclass
 
 import sysv_ipc
 
 from shm import layout
 from shm.directory import Directory
+from shm.discovery import live_server_pid, remove_stale
 from shm.layout import IpcObject
 from shm.locks import BinaryLock, TableLock
 from shm.mailboxes import MessageTable
 from shm.trace import TracedLock, TraceTable, TraceWriter, forget_writer_after_fork, format_segment
 from syscalls import faults
-from syscalls.processes import pid_alive
 
 log = logging.getLogger(__name__)
 
 
 class IpcInUse(Exception):
     """Another live server owns the objects for this port."""
-
-
-@dataclass(frozen=True)
-class IpcEntry:
-    """One System V object as ``/proc/sysvipc`` lists it."""
-
-    kind: str  # "shm" or "sem"
-    key: int
-    id: int
-    port: int
-    obj: IpcObject
-    uid: int
-    size: int = 0  # bytes for a segment, semaphores for a set
-    creator_pid: int = 0
-    attached: int = 0
-
-
-def list_objects(port: int | None = None) -> list[IpcEntry]:
-    """Every shmchat object on this machine (optionally for one port)."""
-    entries = []
-    for kind, path in (("shm", "/proc/sysvipc/shm"), ("sem", "/proc/sysvipc/sem")):
-        with open(path) as table:
-            columns = table.readline().split()
-            for line in table:
-                row = dict(zip(columns, line.split(), strict=False))
-                parsed = layout.split_key(int(row["key"]))
-                if parsed is None or (port is not None and parsed[0] != port):
-                    continue
-                if kind == "shm":
-                    extra = {
-                        "size": int(row["size"]),
-                        "creator_pid": int(row["cpid"]),
-                        "attached": int(row["nattch"]),
-                    }
-                else:
-                    extra = {"size": int(row["nsems"])}
-                ident = int(row["shmid" if kind == "shm" else "semid"])
-                entries.append(
-                    IpcEntry(kind, int(row["key"]), ident, parsed[0], parsed[1], int(row["uid"]), **extra)
-                )
-    return sorted(entries, key=lambda e: (e.port, e.obj))
-
-
-def _server_pid(entry: IpcEntry) -> int:
-    """The server pid recorded in a segment's header (0 if unreadable)."""
-    try:
-        segment = sysv_ipc.SharedMemory(entry.key)
-    except sysv_ipc.Error:
-        return 0
-    try:
-        raw = segment.read(layout.SEGMENT_HEADER.size, 0)
-    finally:
-        segment.detach()
-    magic, _version, _count, pid, _created, _epoch = layout.SEGMENT_HEADER.unpack(raw)
-    return pid if magic == layout.SEGMENT_MAGIC else 0
-
-
-def live_server_pid(port: int) -> int | None:
-    """The pid of a live server using ``port``'s objects, if there is one."""
-    for entry in list_objects(port):
-        if entry.kind == "shm" and entry.attached > 0:
-            pid = _server_pid(entry)
-            if pid_alive(pid):
-                return pid
-    return None
-
-
-def remove_stale(port: int | None = None) -> list[IpcEntry]:
-    """Remove every object whose server is gone; return what was removed."""
-    entries = list_objects(port)
-    live_ports = {p for p in {e.port for e in entries} if live_server_pid(p) is not None}
-    removed = []
-    for entry in entries:
-        if entry.port in live_ports or entry.uid != os.geteuid():
-            continue
-        try:
-            if entry.kind == "shm":
-                sysv_ipc.remove_shared_memory(entry.id)
-            else:
-                sysv_ipc.remove_semaphore(entry.id)
-        except sysv_ipc.ExistentialError:
-            continue  # someone else removed it first
-        removed.append(entry)
-    return removed
 
 
 def create_segment(key: int, size: int, mode: int = 0o600) -> sysv_ipc.SharedMemory:

@@ -32,10 +32,10 @@ import sysv_ipc
 
 from shm import layout
 from shm.directory import ClientInfo, Directory, GroupInfo
+from shm.discovery import IpcEntry, list_objects
 from shm.layout import IpcObject
 from shm.locks import BinaryLock, HeldByBlock
 from shm.mailboxes import MailboxStats, MessageTable
-from shm.segments import IpcEntry, list_objects
 from syscalls.processes import process_state
 
 #: How long a table lock may stay busy before the table is reported as locked.

@@ -26,6 +26,7 @@ from typing import NamedTuple
 import sysv_ipc
 
 from shm import layout
+from shm.discovery import list_objects
 from shm.layout import (
     SEGMENT_HEADER,
     TRACE_RECORD,
@@ -232,8 +233,6 @@ def open_trace(port: int) -> TraceReader:
     ``release()`` the reader to detach.  Raises ``TraceUnavailable`` when the
     port has no server, or a server started without ``--trace``.
     """
-    from shm.segments import list_objects  # not at the top: shm.segments imports this module
-
     objects = {e.obj: e for e in list_objects(port) if e.kind == "shm"}
     if IpcObject.TRACE_SEGMENT not in objects:
         if IpcObject.CLIENTS_SEGMENT in objects:

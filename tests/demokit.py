@@ -18,7 +18,7 @@ from pathlib import Path
 
 from conftest import ROOT, STARTED_PORTS, TIMEOUT, python_env
 
-from shm.segments import list_objects
+from shm.discovery import list_objects
 
 
 def free_port() -> int:

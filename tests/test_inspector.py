@@ -25,9 +25,10 @@ from conftest import ROOT, TIMEOUT, RawClient, piped, python_env, sysv_objects
 from procinfo import wait_until
 
 from shm import layout
+from shm.discovery import list_objects
 from shm.layout import IpcObject
 from shm.locks import BinaryLock
-from shm.segments import ServerIpc, list_objects
+from shm.segments import ServerIpc
 
 
 def inspect(port: int, *args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:

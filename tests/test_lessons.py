@@ -22,7 +22,7 @@ import pytest
 from conftest import ROOT, TIMEOUT, ServerProcess, python_env
 from demokit import Demo, free_port
 
-from shm.segments import list_objects
+from shm.discovery import list_objects
 
 needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 from tablekit import small_tables
@@ -38,3 +39,61 @@ def test_a_process_killed_while_holding_a_lock_does_not_wedge_the_others(ipc):
     with lock.held():
         assert lock.value == 0
     assert lock.value == 1
+
+
+def _holder_in_child(lock, stop: bool):
+    """Fork a child that takes ``lock`` (and then stops itself with SIGSTOP if ``stop``).
+
+    Returns the child's pid once the lock is held (and the child stopped).
+    """
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        lock.reserve()
+        os.write(ready_w, b"held")
+        if stop:
+            os.kill(os.getpid(), signal.SIGSTOP)
+        os.read(ready_r, 1)  # never written: only a signal ends this child
+        os._exit(0)
+    assert os.read(ready_r, 4) == b"held"
+    if stop:
+        os.waitpid(pid, os.WUNTRACED)  # returns once the child is stopped
+    os.close(ready_w)
+    return pid, ready_r
+
+
+def test_the_bounded_wait_gives_up_after_its_time_and_takes_the_lock_once_free(ipc):
+    lock = ipc.directory.lock
+    pid, fd = _holder_in_child(lock, stop=False)
+    try:
+        started = time.monotonic()
+        assert lock.reserve_within(0.2) is False
+        assert 0.15 <= time.monotonic() - started < 2.0
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(fd)
+    assert lock.reserve_within(0.2) is True
+    lock.release()
+
+
+def test_a_stopped_holder_is_named_to_on_stuck_from_the_semaphores_last_pid(ipc):
+    lock = ipc.directory.lock
+    pid, fd = _holder_in_child(lock, stop=True)
+    named = []
+
+    def kill_holder(holder: int) -> None:  # what the parent does: SIGKILL, then SEM_UNDO hands it back
+        named.append(holder)
+        os.kill(holder, signal.SIGKILL)
+
+    lock.patience, lock.on_stuck = 0.2, kill_holder
+    try:
+        lock.reserve()  # returns only because on_stuck killed the stopped holder
+        lock.release()
+    finally:
+        lock.patience, lock.on_stuck = None, None
+        if not named:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(fd)
+    assert named == [pid]

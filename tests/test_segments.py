@@ -8,7 +8,8 @@ import pytest
 from tablekit import online, small_tables, unused_port
 
 from shm import layout
-from shm.segments import IpcInUse, ServerIpc, list_objects
+from shm.discovery import list_objects
+from shm.segments import IpcInUse, ServerIpc
 
 
 @pytest.fixture

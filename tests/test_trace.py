@@ -24,9 +24,9 @@ from conftest import ROOT, TIMEOUT, python_env
 
 from inspector.trace_view import TraceView, event_text, render
 from shm import layout
-from shm.discovery import running_servers
+from shm.discovery import list_objects, running_servers
 from shm.layout import IpcObject, TraceEvent, WakeSource
-from shm.segments import ServerIpc, list_objects
+from shm.segments import ServerIpc
 from shm.trace_reader import TraceRecord, with_undo
 
 

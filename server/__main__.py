@@ -10,6 +10,7 @@ from protocol.wire import DEFAULT_PORT
 from server.config import MiB, ServerConfig
 from server.parent import run
 from shm import layout
+from shm.backend import APIS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,6 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="record every IPC step in a trace table, for python -m shm trace (off by default)",
     )
     parser.add_argument(
+        "--ipc",
+        choices=APIS,
+        default=APIS[0],
+        help="System V or POSIX shared memory and semaphores for the tables (default: %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -87,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         spool_dir=args.spool_dir,
         lesson_hooks=args.lesson_hooks,
         trace=args.trace,
+        ipc=args.ipc,
     )
     return run(config)
 

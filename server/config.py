@@ -40,6 +40,8 @@ class ServerConfig:
     lesson_hooks: bool = False
     #: Record every IPC step in the trace table (``python -m shm trace``).
     trace: bool = False
+    #: Which IPC API holds the tables: "sysv" (the card's design) or "posix".
+    ipc: str = "sysv"
 
     def spool_path(self, port: int) -> str:
         if self.spool_dir:

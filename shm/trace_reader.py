@@ -23,9 +23,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-import sysv_ipc
-
 from shm import layout
+from shm.backend import IPC_ERRORS, Region, backend
 from shm.discovery import list_objects
 from shm.layout import (
     SEGMENT_HEADER,
@@ -61,6 +60,7 @@ EVENT_FIELDS: dict[TraceEvent, tuple[str, ...]] = {
     TraceEvent.TAKE: ("records", "bytes"),
     TraceEvent.SEND: ("bytes",),
     TraceEvent.UNDO: ("lock",),
+    TraceEvent.RELEASED: ("lock", "child"),
 }
 
 
@@ -115,11 +115,11 @@ class TraceReader:
         self._view = view
         self.rings = rings
         self.records = records
-        self.segment: sysv_ipc.SharedMemory | None = None  # detached by release (open_trace)
+        self.region: Region | None = None  # detached or unmapped by release (open_trace)
 
     @classmethod
-    def of_segment(cls, segment: sysv_ipc.SharedMemory) -> TraceReader:
-        """A reader over a segment attached read-only (``SHM_RDONLY``) or not."""
+    def of_segment(cls, segment: memoryview) -> TraceReader:
+        """A reader over a trace segment's bytes (attached or mapped read-only, or not)."""
         view = memoryview(segment)
         rings = SEGMENT_HEADER.unpack_from(view, 0)[2]
         records = TRACE_RING_HEADER.unpack_from(view, layout.trace_ring_offset(0, 0))[2]
@@ -166,9 +166,9 @@ class TraceReader:
 
     def release(self) -> None:
         self._view.release()
-        if self.segment is not None:
-            self.segment.detach()
-            self.segment = None
+        if self.region is not None:
+            self.region.close()
+            self.region = None
 
 
 class UndoTracker:
@@ -196,6 +196,8 @@ class UndoTracker:
                 self._held.setdefault(event.pid, {})[event.lock] = event
             elif event.event is TraceEvent.UNLOCK:
                 self._held.get(event.pid, {}).pop(event.lock, None)
+            elif event.event is TraceEvent.RELEASED:  # POSIX: the parent gave it back, not the kernel
+                self._held.get(event.child, {}).pop(event.lock, None)
             elif event.event is TraceEvent.REAP:
                 self._reaped.add(event.child)
                 out.extend(self._undo(event.child, event.t_ns))
@@ -228,7 +230,7 @@ class TraceUnavailable(Exception):
 
 
 def open_trace(port: int) -> TraceReader:
-    """A reader over the trace segment of the server on ``port``, attached read-only.
+    """A reader over the trace segment of the server on ``port``, attached or mapped read-only.
 
     ``release()`` the reader to detach.  Raises ``TraceUnavailable`` when the
     port has no server, or a server started without ``--trace``.
@@ -241,14 +243,15 @@ def open_trace(port: int) -> TraceReader:
                 "(start it with: python -m server --trace)"
             )
         raise TraceUnavailable(f"no shmchat server on port {port}")
+    entry = objects[IpcObject.TRACE_SEGMENT]
     try:
-        segment = sysv_ipc.attach(objects[IpcObject.TRACE_SEGMENT].id, None, sysv_ipc.SHM_RDONLY)
-    except sysv_ipc.Error as exc:
+        region = backend(entry.api).open_readonly(entry.ident)
+    except (*IPC_ERRORS, OSError) as exc:
         raise TraceUnavailable(f"the trace table of port {port} went away ({exc})") from None
     try:
-        reader = TraceReader.of_segment(segment)
+        reader = TraceReader.of_segment(region.view)
     except BaseException:
-        segment.detach()
+        region.close()
         raise
-    reader.segment = segment
+    reader.region = region
     return reader

@@ -32,6 +32,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-soak", action="store_true", help="run the long soak tests")
 
 
+# -- the IPC API a server runs on ----------------------------------------------------
+
+#: ``--ipc`` values.  A module marked ``pytest.mark.both_ipc_apis`` runs each of its
+#: tests that starts a server once per API (a test marked ``only_ipc_api("sysv")``
+#: on that one only); every other test uses the default.
+IPC_APIS = ("sysv", "posix")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_ipc_apis: run each server test on System V and on POSIX IPC")
+    config.addinivalue_line("markers", "only_ipc_api(api): in a both_ipc_apis module, run on this API only")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("both_ipc_apis") and "ipc_api" in metafunc.fixturenames:
+        only = metafunc.definition.get_closest_marker("only_ipc_api")
+        metafunc.parametrize("ipc_api", only.args if only else IPC_APIS, indirect=True)
+
+
+@pytest.fixture
+def ipc_api(request: pytest.FixtureRequest) -> str:
+    """The ``--ipc`` of the servers this test starts (System V unless parametrised)."""
+    return getattr(request, "param", IPC_APIS[0])
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--run-soak"):
         return
@@ -56,6 +81,22 @@ def sysv_objects() -> set[tuple[str, int, int]]:
     return found
 
 
+def posix_objects() -> set[tuple[str, int, str]]:
+    """(kind, port, name) of every shmchat POSIX object in /dev/shm ("posix-shm" or "posix-sem")."""
+    found = set()
+    for name in os.listdir("/dev/shm"):
+        kind, bare = ("posix-sem", name[4:]) if name.startswith("sem.") else ("posix-shm", name)
+        parsed = layout.split_posix_name(bare)
+        if parsed is not None:
+            found.add((kind, parsed[0], name))
+    return found
+
+
+def all_objects() -> set[tuple]:
+    """What the leak check compares: System V objects, and POSIX names in /dev/shm."""
+    return sysv_objects() | posix_objects()
+
+
 def port_objects(port: int) -> set[tuple[str, int, int]]:
     """(kind, key, id) of the shmchat segments and semaphores keyed by ``port``."""
     return {o for o in sysv_objects() if _port_of(o[1]) == port}
@@ -64,6 +105,10 @@ def port_objects(port: int) -> set[tuple[str, int, int]]:
 def _port_of(key: int) -> int | None:
     parsed = layout.split_key(key)
     return parsed[0] if parsed else None
+
+
+def _object_port(obj: tuple) -> int | None:
+    return obj[1] if obj[0].startswith("posix") else _port_of(obj[1])
 
 
 #: Ports of the servers this test process started (for SHMCHAT_TEST_SHARED_MACHINE).
@@ -76,7 +121,7 @@ def visible_objects() -> set[tuple[str, int, int]]:
     return _visible(sysv_objects())
 
 
-def _visible(objects: set[tuple[str, int, int]]) -> set[tuple[str, int, int]]:
+def _visible(objects: set[tuple]) -> set[tuple]:
     """What the leak check compares.
 
     Normally every object on the machine.  With SHMCHAT_TEST_SHARED_MACHINE=1
@@ -85,17 +130,17 @@ def _visible(objects: set[tuple[str, int, int]]) -> set[tuple[str, int, int]]:
     """
     if not os.environ.get("SHMCHAT_TEST_SHARED_MACHINE"):
         return objects
-    return {o for o in objects if _port_of(o[1]) in STARTED_PORTS}
+    return {o for o in objects if _object_port(o) in STARTED_PORTS}
 
 
 @pytest.fixture(autouse=True)
 def ipcs_unchanged() -> Iterator[None]:
-    before = sysv_objects()
+    before = all_objects()
     yield
     deadline = time.monotonic() + 5
-    while _visible(sysv_objects()) != _visible(before) and time.monotonic() < deadline:
+    while _visible(all_objects()) != _visible(before) and time.monotonic() < deadline:
         time.sleep(0.05)
-    after, expected = _visible(sysv_objects()), _visible(before)
+    after, expected = _visible(all_objects()), _visible(before)
     assert after == expected, f"IPC objects leaked: {after - expected}, vanished: {expected - after}"
 
 
@@ -179,15 +224,17 @@ class ServerProcess:
 
 
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator:
+def start_server(tmp_path: Path, ipc_api: str) -> Iterator:
     """Factory: ``start_server("--max-clients", "8")`` returns a running ServerProcess.
 
     ``env={"SHMCHAT_FAULTS": ...}`` adds variables to the server's environment.
+    The server runs on ``ipc_api`` unless the arguments name an ``--ipc``.
     """
     servers: list[ServerProcess] = []
 
     def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        server = ServerProcess(*args, spool=tmp_path / f"spool-{len(servers)}", env=env)
+        api = () if "--ipc" in args else ("--ipc", ipc_api)
+        server = ServerProcess(*args, *api, spool=tmp_path / f"spool-{len(servers)}", env=env)
         servers.append(server)
         return server
 

@@ -47,19 +47,22 @@ def _holder_in_child(lock, stop: bool):
     Returns the child's pid once the lock is held (and the child stopped).
     """
     ready_r, ready_w = os.pipe()
+    never_r, never_w = os.pipe()  # nothing is written: the child holds the lock until it is killed
     pid = os.fork()
     if pid == 0:
         lock.reserve()
         os.write(ready_w, b"held")
         if stop:
             os.kill(os.getpid(), signal.SIGSTOP)
-        os.read(ready_r, 1)  # never written: only a signal ends this child
+        os.close(never_w)
+        os.read(never_r, 1)  # returns only if this test dies (EOF): then the child ends too
         os._exit(0)
     assert os.read(ready_r, 4) == b"held"
     if stop:
         os.waitpid(pid, os.WUNTRACED)  # returns once the child is stopped
-    os.close(ready_w)
-    return pid, ready_r
+    for fd in (ready_r, ready_w, never_r):
+        os.close(fd)
+    return pid, never_w
 
 
 def test_the_bounded_wait_gives_up_after_its_time_and_takes_the_lock_once_free(ipc):

@@ -190,13 +190,13 @@ def owner_name(uid: int) -> str:
 def whose(entries: list[IpcEntry]) -> str:
     """Who a port's objects belong to, in words: a live server (and whose), or nobody."""
     me = os.geteuid()
-    others = sorted({e.uid for e in entries if e.uid != me})
-    user = f" of user {', '.join(owner_name(u) for u in others)}" if others else ""
+    others = ", ".join(owner_name(u) for u in sorted({e.uid for e in entries if e.uid != me}))
+    user = f" (user {others})" if others else ""
     pid = live_server_pid(entries[0].port) if entries else None
     if pid is not None:
         return f"server pid {pid}{user}"
     if others and all(e.api == "posix" for e in entries):
-        return f"another user's{user}; cannot be read, so kept"
+        return f"user {others}'s, which cannot be read here: kept"
     return f"stale (server gone){user}"
 
 

@@ -86,6 +86,10 @@ def _slot_run(slots: list[int]) -> str:
     return str(slots[0]) if len(slots) == 1 else f"{slots[0]}-{slots[-1]}"
 
 
+def _where(seg: IpcEntry) -> str:
+    return seg.name if seg.api == "posix" else f"shmid {seg.id}"
+
+
 def _segment(snap: Snapshot, obj: IpcObject) -> IpcEntry:
     return next(e for e in snap.objects if e.kind == "shm" and e.obj == obj)
 
@@ -107,8 +111,9 @@ def render(snap: Snapshot, color: bool = False, width: int = 120) -> Screen:
     screen.add(
         (
             "dim",
-            " read-only: segments attached with SHM_RDONLY for each read; each lock only tried, "
-            "held for one table read",
+            " read-only: segments "
+            + ("mapped PROT_READ" if snap.api == "posix" else "attached with SHM_RDONLY")
+            + " for each read; each lock only tried, held for one table read",
         )
     )
     _render_clients(screen, snap, now)
@@ -125,7 +130,7 @@ def _render_clients(screen: Screen, snap: Snapshot, now: float) -> None:
     online = [c for c in snap.clients or [] if c.online]
     screen.add(
         ("label", " CLIENT TABLE"),
-        ("dim", f"  shmid {seg.id} · {seg.size:,} B · {layout.CLIENT_RECORD_SIZE}-byte record per slot · "),
+        ("dim", f"  {_where(seg)} · {seg.size:,} B · {layout.CLIENT_RECORD_SIZE}-byte record per slot · "),
         ("label", f"{len(online)}/{snap.capacity} online"),
     )
     if snap.clients is None:
@@ -194,7 +199,7 @@ def _render_messages(screen: Screen, snap: Snapshot, now: float) -> None:
         ("label", " MESSAGE TABLE"),
         (
             "dim",
-            f"  shmid {seg.id} · {seg.size:,} B · one mailbox per slot: "
+            f"  {_where(seg)} · {seg.size:,} B · one mailbox per slot: "
             f"{layout.MAILBOX_HEADER_SIZE}-byte header + {_bytes(snap.mailbox_bytes)} ring",
         ),
     )
@@ -268,7 +273,7 @@ def _render_groups(screen: Screen, snap: Snapshot) -> None:
     count = "?" if groups is None else str(len(groups))
     screen.add(
         ("label", " GROUP TABLE"),
-        ("dim", f"  shmid {seg.id} · {seg.size:,} B · {layout.GROUP_RECORD_SIZE}-byte record per group · "),
+        ("dim", f"  {_where(seg)} · {seg.size:,} B · {layout.GROUP_RECORD_SIZE}-byte record per group · "),
         ("label", f"{count}/{snap.group_capacity} in use"),
     )
     if groups is None:
@@ -294,6 +299,9 @@ def _render_groups(screen: Screen, snap: Snapshot) -> None:
 
 def _render_semaphores(screen: Screen, snap: Snapshot, now: float) -> None:
     screen.blank()
+    if snap.api == "posix":
+        _render_posix_semaphores(screen, snap)
+        return
     screen.add(("label", " SEMAPHORES"), ("dim", "  one binary lock each, SEM_UNDO on: 1 = free, 0 = held"))
     rows = []
     for sem in snap.semaphores:
@@ -323,8 +331,54 @@ def _render_semaphores(screen: Screen, snap: Snapshot, now: float) -> None:
     screen.table(["semid", "key", "guards", "value", "waiting", "last semop by"], rows, right={4})
 
 
+def _holder_cells(snap: Snapshot, pid: int) -> list[Cell]:
+    if not pid:
+        return [("dim", "-")]
+    who = snap.who(pid)
+    if who.startswith("worker of "):
+        return [("", str(pid)), ("dim", " worker of "), id_cell(int(who.split()[-1]))]
+    return [("", str(pid)), ("dim", f" {who}")]
+
+
+def _render_posix_semaphores(screen: Screen, snap: Snapshot) -> None:
+    """POSIX named semaphores: a value and no more; the holder is the pid it recorded in the header."""
+    screen.add(
+        ("label", " SEMAPHORES"),
+        ("dim", "  POSIX named, no undo: 1 = free, 0 = held; holder from the header"),
+    )
+    rows = []
+    for sem in snap.semaphores:
+        value = [("good", "1 free")] if sem.value == 1 else [("bad", f"{sem.value} HELD")]
+        rows.append([[("", sem.name)], [("", GUARDS[sem.obj])], value, _holder_cells(snap, sem.last_pid)])
+    screen.table(["name", "guards", "value", "recorded holder"], rows)
+
+
+def _render_posix_objects(screen: Screen, snap: Snapshot) -> None:
+    screen.add(("label", " IPC OBJECTS"), ("dim", "  as ls -l /dev/shm shows them (sem.NAME: a semaphore)"))
+    rows = []
+    for entry in snap.objects:
+        mode = snap.modes.get(entry.name)
+        size = f"{entry.size:,} B" if entry.kind == "shm" else "1 sem"
+        shown = entry.name if entry.kind == "shm" else f"/sem.{entry.name.lstrip('/')}"
+        perms = f"{mode & 0o777:o}" if mode is not None else "?"
+        rows.append(
+            [
+                [("", entry.kind)],
+                [("", f"/dev/shm{shown}")],
+                [("", size)],
+                [("", perms)],
+                [("", OBJECT_LABELS[entry.obj])],
+            ]
+        )
+    screen.table(["kind", "file", "size", "perms", "holds"], rows, right={2})
+    screen.add(("note", " mapped by the server parent and every worker: fork inherits mappings"))
+
+
 def _render_objects(screen: Screen, snap: Snapshot) -> None:
     screen.blank()
+    if snap.api == "posix":
+        _render_posix_objects(screen, snap)
+        return
     screen.add(("label", " IPC OBJECTS"), ("dim", "  as ipcs -m / ipcs -s show them (/proc/sysvipc)"))
     rows = []
     attached = 0

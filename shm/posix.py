@@ -51,7 +51,9 @@ def _posix_error(code: int) -> BaseException:
         return posix_ipc.ExistentialError(os.strerror(code))
     if code == errno.EACCES:
         return posix_ipc.PermissionsError(os.strerror(code))
-    return OSError(code, os.strerror(code))
+    if code == errno.EINVAL:
+        return posix_ipc.ExistentialError(f"the semaphore is gone ({os.strerror(code)})")
+    return posix_ipc.Error(os.strerror(code))
 
 
 _shm_open = faults.wrap("shm_open", posix_ipc.SharedMemory, _posix_error)

@@ -299,10 +299,9 @@ def _render_groups(screen: Screen, snap: Snapshot) -> None:
 
 def _render_semaphores(screen: Screen, snap: Snapshot, now: float) -> None:
     screen.blank()
-    if snap.api == "posix":
-        _render_posix_semaphores(screen, snap)
-        return
-    screen.add(("label", " SEMAPHORES"), ("dim", "  one binary lock each, SEM_UNDO on: 1 = free, 0 = held"))
+    posix = snap.api == "posix"
+    undo = "POSIX named, no undo" if posix else "SEM_UNDO on"
+    screen.add(("label", " SEMAPHORES"), ("dim", f"  one binary lock each, {undo}: 1 = free, 0 = held"))
     rows = []
     for sem in snap.semaphores:
         value = [("good", "1 free")] if sem.value == 1 else [("bad", f"{sem.value} HELD")]
@@ -316,99 +315,54 @@ def _render_semaphores(screen: Screen, snap: Snapshot, now: float) -> None:
                 whom = [("dim", " worker of "), id_cell(int(who.split()[-1]))]
             else:
                 whom = [("dim", f" {who}")]
-            ago = f", {_age(now - at)} ago" if at else ""
+            ago = f", {_age(now - at)} ago" if at and not posix else ""
             last = [("", str(pid)), *whom, ("dim", ago + then)]
         rows.append(
             [
-                [("", str(sem.id))],
-                [("", f"0x{sem.key:08x}")],
+                [("", sem.name or str(sem.id))],
+                [("", "-" if posix else f"0x{sem.key:08x}")],
                 [("", GUARDS[sem.obj])],
                 value,
-                [("warn" if sem.waiting else "", str(sem.waiting))],
+                [("warn" if sem.waiting > 0 else "", "-" if sem.waiting < 0 else str(sem.waiting))],
                 last,
             ]
         )
-    screen.table(["semid", "key", "guards", "value", "waiting", "last semop by"], rows, right={4})
-
-
-def _holder_cells(snap: Snapshot, pid: int) -> list[Cell]:
-    if not pid:
-        return [("dim", "-")]
-    who = snap.who(pid)
-    if who.startswith("worker of "):
-        return [("", str(pid)), ("dim", " worker of "), id_cell(int(who.split()[-1]))]
-    return [("", str(pid)), ("dim", f" {who}")]
-
-
-def _render_posix_semaphores(screen: Screen, snap: Snapshot) -> None:
-    """POSIX named semaphores: a value and no more; the holder is the pid it recorded in the header."""
-    screen.add(
-        ("label", " SEMAPHORES"),
-        ("dim", "  POSIX named, no undo: 1 = free, 0 = held; holder from the header"),
-    )
-    rows = []
-    for sem in snap.semaphores:
-        value = [("good", "1 free")] if sem.value == 1 else [("bad", f"{sem.value} HELD")]
-        rows.append([[("", sem.name)], [("", GUARDS[sem.obj])], value, _holder_cells(snap, sem.last_pid)])
-    screen.table(["name", "guards", "value", "recorded holder"], rows)
-
-
-def _render_posix_objects(screen: Screen, snap: Snapshot) -> None:
-    screen.add(("label", " IPC OBJECTS"), ("dim", "  as ls -l /dev/shm shows them (sem.NAME: a semaphore)"))
-    rows = []
-    for entry in snap.objects:
-        mode = snap.modes.get(entry.name)
-        size = f"{entry.size:,} B" if entry.kind == "shm" else "1 sem"
-        shown = entry.name if entry.kind == "shm" else f"/sem.{entry.name.lstrip('/')}"
-        perms = f"{mode & 0o777:o}" if mode is not None else "?"
-        rows.append(
-            [
-                [("", entry.kind)],
-                [("", f"/dev/shm{shown}")],
-                [("", size)],
-                [("", perms)],
-                [("", OBJECT_LABELS[entry.obj])],
-            ]
-        )
-    screen.table(["kind", "file", "size", "perms", "holds"], rows, right={2})
-    screen.add(("note", " mapped by the server parent and every worker: fork inherits mappings"))
+    # POSIX: the holder recorded in the segment header; System V: semctl GETPID.
+    heading = ["name", "key", "guards", "value", "waiting", "holder"] if posix else None
+    screen.table(heading or ["semid", "key", "guards", "value", "waiting", "last semop by"], rows, right={4})
 
 
 def _render_objects(screen: Screen, snap: Snapshot) -> None:
     screen.blank()
-    if snap.api == "posix":
-        _render_posix_objects(screen, snap)
-        return
-    screen.add(("label", " IPC OBJECTS"), ("dim", "  as ipcs -m / ipcs -s show them (/proc/sysvipc)"))
+    posix = snap.api == "posix"
+    shown = "ls -l /dev/shm shows them (sem.NAME: a semaphore)" if posix else "ipcs -m / ipcs -s show them"
+    screen.add(("label", " IPC OBJECTS"), ("dim", f"  as {shown}"))
     rows = []
     attached = 0
     for entry in snap.objects:
-        mode = snap.modes.get(entry.id)
+        mode = snap.modes.get(entry.ident)
         if entry.kind == "shm":
             attached = max(attached, entry.attached)
-            size, nattch = f"{entry.size:,} B", str(entry.attached)
+            size, nattch = f"{entry.size:,} B", "-" if posix else str(entry.attached)
         else:
             size, nattch = f"{entry.size} sem", "-"
+        file = "/dev/shm/" + ("" if entry.kind == "shm" else "sem.") + entry.name.lstrip("/")
         rows.append(
             [
                 [("", entry.kind)],
-                [("", f"0x{entry.key:08x}")],
-                [("", str(entry.id))],
+                [("", file if posix else f"0x{entry.key:08x}")],
+                [("", "-" if posix else str(entry.id))],
                 [("", size)],
                 [("", nattch)],
                 [("", f"{mode & 0o777:o}" if mode is not None else "?")],
                 [("", OBJECT_LABELS[entry.obj])],
             ]
         )
-    screen.table(["kind", "key", "id", "size", "nattch", "perms", "holds"], rows, right={2, 3, 4})
+    heading = "file" if posix else "key"
+    screen.table(["kind", heading, "id", "size", "nattch", "perms", "holds"], rows, right={2, 3, 4})
     workers = sum(1 for c in snap.clients or [] if c.online)
-    screen.add(
-        (
-            "note",
-            f" nattch {attached} = server parent + {workers} worker(s): fork inherits attachments "
-            "(the inspector detaches between reads)",
-        )
-    )
+    what = "mappings" if posix else f"attachments, nattch {attached} = server parent + {workers} worker(s)"
+    screen.add(("note", f" fork inherits {what} (the inspector lets go between reads)"))
 
 
 def render_text(snap: Snapshot, color: bool = False, width: int | None = None) -> str:

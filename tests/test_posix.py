@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -154,3 +155,25 @@ def test_shm_list_run_by_another_user_calls_a_live_server_live_and_says_whose(st
         assert verdict == f"server pid {server.pid} (user root)"
     else:  # a POSIX name shows only its owner: never called stale
         assert verdict == "user root's, which cannot be read here: kept"
+
+
+def test_shm_inspect_shows_a_posix_servers_objects_by_name_with_sizes_and_semaphore_values(
+    start_server, connect
+):
+    server = start_server("--ipc", "posix")
+    connect(target=server)
+    shown = subprocess.run(
+        [sys.executable, "-m", "shm", "inspect", "--port", str(server.port), "--color", "never"],
+        cwd=ROOT,
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    ).stdout
+    port = server.port
+    assert (
+        f"/dev/shm/shmchat-{port}-clients" in shown and f"/dev/shm/sem.shmchat-{port}-messages-lock" in shown
+    )
+    assert re.search(rf"/shmchat-{port}-directory-lock\s+-\s+client \+ group tables\s+1 free", shown)
+    assert re.search(rf"/dev/shm/shmchat-{port}-messages\s+-\s+1,311,112 B", shown)
+    assert "POSIX named, no undo" in shown and "mapped PROT_READ" in shown

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
-from lessons import backpressure, cleanup, send, undo
+from lessons import backpressure, cleanup, send, sysv_vs_posix, undo
 from lessons.kit import LessonFailed, Narrator, find_port
 
 
@@ -24,6 +24,10 @@ LESSONS: dict[str, Lesson] = {
     "backpressure": Lesson(
         backpressure.run,
         "a client stops reading: its mailbox fills, the sender waits, it is cut off past 4 MiB",
+    ),
+    "sysv-vs-posix": Lesson(
+        sysv_vs_posix.run,
+        "the same killed lock holder on System V (SEM_UNDO) and POSIX (the parent posts V)",
     ),
     "cleanup": Lesson(
         cleanup.run, "Ctrl-C on the server: its objects leave ipcs (this stops the demo's server)"

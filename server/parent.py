@@ -271,11 +271,12 @@ class ChatServer:
     def _reclaim_locks(self, dead: int) -> None:
         """Give back the locks the dead worker ``dead`` held (POSIX: no SEM_UNDO does it)."""
         assert self.ipc is not None
+        tracer = self.tracer
         for obj, lock in self.ipc.locks.items():
-            if lock.reclaim_from(dead):
+            # The trace row goes in before the V, so that it precedes the next holder's lock.
+            trace = None if tracer is None else (lambda obj=obj: tracer.released(obj, dead))
+            if lock.reclaim_from(dead, trace):
                 log.warning("worker %d died holding the %s; the parent posted V for it", dead, lock.label)
-                if self.tracer is not None:
-                    self.tracer.released(obj, dead)
 
     # -- departures ---------------------------------------------------------------------
 

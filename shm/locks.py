@@ -110,11 +110,13 @@ class BinaryLock(HeldByBlock):
         kernel keeps the last pid and gives a dead holder's lock back itself.
         """
 
-    def reclaim_from(self, dead: int) -> bool:
+    def reclaim_from(self, dead: int, before_v: Callable[[], None] | None = None) -> bool:
         """Give back the lock if the dead process ``dead`` held it; True if this did.
 
-        Only the parent calls it, for a worker it knows to be dead.  System V
-        never needs to (SEM_UNDO did it when the process died).
+        Only the parent calls it, for a worker it knows to be dead; ``before_v``
+        runs just before the V (to trace it before the next holder can take
+        the lock).  System V never needs to (SEM_UNDO did it when the process
+        died).
         """
         raise NotImplementedError
 

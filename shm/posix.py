@@ -27,6 +27,7 @@ import errno
 import mmap
 import os
 import time
+from collections.abc import Callable
 
 import posix_ipc
 
@@ -120,11 +121,13 @@ class PosixLock(BinaryLock):
             return 0
         return int(LOCK_HOLDER.unpack(self._holder)[0])
 
-    def reclaim_from(self, dead: int) -> bool:
+    def reclaim_from(self, dead: int, before_v: Callable[[], None] | None = None) -> bool:
         """Post V for ``dead`` if it is the recorded holder: what SEM_UNDO does on System V."""
         if dead <= 0 or self.holder() != dead:
             return False
         self._record(0)
+        if before_v is not None:
+            before_v()
         self._sem.release()
         return True
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from collections.abc import Callable
 
 import sysv_ipc
 
@@ -156,7 +157,7 @@ class SysvLock(BinaryLock):
         """semctl GETPID: the last pid to operate on it, which for a held lock is its holder."""
         return self._sem.last_pid
 
-    def reclaim_from(self, dead: int) -> bool:
+    def reclaim_from(self, dead: int, before_v: Callable[[], None] | None = None) -> bool:
         return False  # the kernel's SEM_UNDO gave it back when ``dead`` died
 
     @property

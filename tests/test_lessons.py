@@ -117,6 +117,33 @@ def test_undo_shows_the_lock_handed_back_and_chatting_going_on(lesson_server: Se
     no_workers_left(lesson_server)
 
 
+def test_sysv_vs_posix_shows_the_kernel_undo_then_the_parents_v_and_leaves_dev_shm_clean(
+    lesson_server: ServerProcess,
+) -> None:
+    done = lesson("sysv-vs-posix", "--port", str(lesson_server.port))
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    posix_port = int(re.search(r"ls -l /dev/shm \(the POSIX server on port (\d+)\)", out).group(1))  # type: ignore[union-attr]
+    assert re.search(rf"sem  0x{(0x5C4 << 20) | (lesson_server.port << 4) | 4:08x}  id \d+\s+\S+  600", out)
+    assert "-rw------- 1 " in out and f"sem.shmchat-{posix_port}-messages-lock" in out
+    sysv, posix = out.split("System V: three clients", 1)[1].split("POSIX: three clients", 1)
+    for part in (sysv, posix):  # the printed lock state agrees with the narration
+        holder = int(re.search(r"kill -KILL (\d+)", part).group(1))  # type: ignore[union-attr]
+        assert f"messages lock: value 0 = held, holder pid {holder} (H's worker)" in part
+        assert "messages lock: value 1 = free; B answered A" in part
+    assert "✝ SEM_UNDO messages   <- the kernel gave it back" in sysv and "released by parent" not in sysv
+    assert (
+        "✝ released by parent messages   <- the parent posts V" in posix
+        and "SEM_UNDO messages  " not in posix
+    )
+    released, reaped = posix.index("released by parent"), posix.index("<- the parent reaps H's worker")
+    assert released < reaped  # the parent gives the lock back, then repairs the dead worker's rows
+    assert re.search(rf"worker {holder} died holding the /shmchat-{posix_port}-messages-lock", posix)
+    assert "server stopped with SIGTERM: 0 of its objects left" in out
+    assert list_objects(posix_port) == []
+    no_workers_left(lesson_server)
+
+
 def test_backpressure_fills_the_mailbox_holds_the_sender_and_cuts_the_reader_off(
     lesson_server: ServerProcess,
 ) -> None:

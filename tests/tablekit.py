@@ -22,9 +22,11 @@ def unused_port() -> int:
         return probe.getsockname()[1]
 
 
-def small_tables(max_clients: int = 4, max_groups: int = 4, mailbox_bytes: int = 80 * 1024) -> ServerIpc:
+def small_tables(
+    max_clients: int = 4, max_groups: int = 4, mailbox_bytes: int = 80 * 1024, api: str = "sysv"
+) -> ServerIpc:
     return ServerIpc.create(
-        unused_port(), max_clients=max_clients, max_groups=max_groups, mailbox_bytes=mailbox_bytes
+        unused_port(), max_clients=max_clients, max_groups=max_groups, mailbox_bytes=mailbox_bytes, api=api
     )
 
 

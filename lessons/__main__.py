@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from lessons import backpressure, cleanup, send, sysv_vs_posix, undo
 from lessons.kit import LessonFailed, Narrator, find_port
+from shm.discovery import list_objects
 
 
 class Lesson(NamedTuple):
@@ -33,6 +34,10 @@ LESSONS: dict[str, Lesson] = {
         cleanup.run, "Ctrl-C on the server: its objects leave ipcs (this stops the demo's server)"
     ),
 }
+
+
+#: Lessons that show what only System V does; on a --ipc posix server they say so.
+SYSV_ONLY = {"undo": "SEM_UNDO", "cleanup": "ipcs and IPC_RMID"}
 
 
 def listing() -> str:
@@ -65,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     narrator = Narrator(pause=sys.stdin.isatty() and not args.no_pause)
     try:
         port = find_port(args.port, f"./dev lesson {args.name}")
+        if args.name in SYSV_ONLY and any(e.api == "posix" for e in list_objects(port)):
+            raise LessonFailed(
+                f"this lesson is about System V ({SYSV_ONLY[args.name]}), and the server on port {port} "
+                "runs --ipc posix. './dev lesson sysv-vs-posix' shows both APIs; or start the demo "
+                "without --ipc posix"
+            )
         LESSONS[args.name].run(port, narrator)
     except LessonFailed as exc:
         print(f"\nlesson {args.name}: {exc}", file=sys.stderr)

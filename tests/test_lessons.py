@@ -144,6 +144,17 @@ def test_sysv_vs_posix_shows_the_kernel_undo_then_the_parents_v_and_leaves_dev_s
     no_workers_left(lesson_server)
 
 
+def test_on_a_posix_server_send_and_backpressure_run_and_undo_says_it_is_about_system_v(start_server) -> None:
+    server = start_server("--trace", "--lesson-hooks", "--ipc", "posix", "--max-clients", "8")
+    for name in ("send", "backpressure"):
+        done = lesson(name, "--port", str(server.port))
+        assert done.returncode == 0, done.stdout + done.stderr
+    done = lesson("undo", "--port", str(server.port))
+    assert done.returncode == 1
+    assert "this lesson is about System V (SEM_UNDO)" in done.stderr and "sysv-vs-posix" in done.stderr
+    no_workers_left(server)
+
+
 def test_backpressure_fills_the_mailbox_holds_the_sender_and_cuts_the_reader_off(
     lesson_server: ServerProcess,
 ) -> None:

@@ -116,6 +116,8 @@ class TraceReader:
         self.rings = rings
         self.records = records
         self.region: Region | None = None  # detached or unmapped by release (open_trace)
+        #: False on a POSIX server: no kernel undo, so none is ever derived (the parent writes RELEASED).
+        self.kernel_undo = True
 
     @classmethod
     def of_segment(cls, segment: memoryview) -> TraceReader:
@@ -182,7 +184,8 @@ class UndoTracker:
     trace has no reap for, just after their last event.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, kernel_undo: bool = True) -> None:
+        self.kernel_undo = kernel_undo  # False on POSIX: a dead holder's lock stays held until RELEASED
         self._held: dict[int, dict[int, TraceRecord]] = {}  # pid -> lock -> its lock event
         self._last: dict[int, TraceRecord] = {}
         self._reaped: set[int] = set()
@@ -212,14 +215,18 @@ class UndoTracker:
 
     def _undo(self, pid: int, t_ns: int) -> list[TraceRecord]:
         locks = self._held.pop(pid, {})
+        if not self.kernel_undo:
+            return []
         return [
             taken._replace(seq=0, t_ns=t_ns, event=TraceEvent.UNDO, waited_us=0) for taken in locks.values()
         ]
 
 
-def with_undo(events: Iterable[TraceRecord], alive: Callable[[int], bool] = pid_alive) -> list[TraceRecord]:
-    """The events, oldest first, plus an ``undo`` for every lock SEM_UNDO gave back."""
-    tracker = UndoTracker()
+def with_undo(
+    events: Iterable[TraceRecord], alive: Callable[[int], bool] = pid_alive, kernel_undo: bool = True
+) -> list[TraceRecord]:
+    """The events, oldest first, plus an ``undo`` for every lock SEM_UNDO gave back (System V only)."""
+    tracker = UndoTracker(kernel_undo)
     out = tracker.feed(sorted(events, key=lambda r: (r.t_ns, r.ring, r.seq)))
     out += tracker.finish(alive)
     return sorted(out, key=lambda r: (r.t_ns, r.ring, r.seq))
@@ -254,4 +261,5 @@ def open_trace(port: int) -> TraceReader:
         region.close()
         raise
     reader.region = region
+    reader.kernel_undo = entry.api == "sysv"
     return reader

@@ -26,8 +26,9 @@ from procinfo import wait_until
 from server.config import ServerConfig
 from shm import layout
 from shm.discovery import list_objects, whose
-from shm.layout import IpcObject
+from shm.layout import IpcObject, TraceEvent
 from shm.segments import ServerIpc
+from shm.trace_reader import TraceRecord, with_undo
 
 PATIENCE = ServerConfig.lock_patience
 
@@ -177,3 +178,13 @@ def test_shm_inspect_shows_a_posix_servers_objects_by_name_with_sizes_and_semaph
     assert re.search(rf"/shmchat-{port}-directory-lock\s+-\s+client \+ group tables\s+1 free", shown)
     assert re.search(rf"/dev/shm/shmchat-{port}-messages\s+-\s+1,311,112 B", shown)
     assert "POSIX named, no undo" in shown and "mapped PROT_READ" in shown
+
+
+def test_the_trace_derives_sem_undo_only_on_system_v_where_the_kernel_does_it():
+    taken = TraceRecord(ring=1, seq=1, t_ns=10, pid=4242, who=11111, event=TraceEvent.LOCK, lock=4)
+    dead = lambda pid: False  # noqa: E731  (the holder is gone, and no reap is in the trace yet)
+    assert [e.event for e in with_undo([taken], dead)] == [TraceEvent.LOCK, TraceEvent.UNDO]
+    # POSIX: a dead holder's lock is held until the parent's RELEASED row, never "undone"
+    assert [e.event for e in with_undo([taken], dead, kernel_undo=False)] == [TraceEvent.LOCK]
+    released = taken._replace(ring=0, seq=1, t_ns=20, pid=1, who=0, event=TraceEvent.RELEASED, child=4242)
+    assert [e.event for e in with_undo([taken, released], dead)] == [TraceEvent.LOCK, TraceEvent.RELEASED]

@@ -123,7 +123,7 @@ def where_they_live(say: Narrator, ports: dict[str, int]) -> None:
 
 
 def kill_a_holder(say: Narrator, port: int, api: str, log: list[str] | None) -> None:
-    """The four steps, on the server of ``port``."""
+    """The four steps, on the server of ``port``; ``log``: that server's log lines, if the lesson has them."""
     name = NAMES[api]
     say.step(
         f"{name}: three clients connect to port {port}: H (the holder), A and B",
@@ -213,7 +213,8 @@ def run(port: int, say: Narrator) -> None:
     with second_server(other) as (other_port, log):
         ports = {demo_api: port, other: other_port}
         where_they_live(say, ports)
-        kill_a_holder(say, ports["sysv"], "sysv", log if other == "sysv" else None)
+        kill_a_holder(say, ports["sysv"], "sysv", None)
+        # The parent's log line, when the POSIX server is the lesson's own (else: the demo's server pane).
         kill_a_holder(say, ports["posix"], "posix", log if other == "posix" else None)
         say.step(
             "Why the difference costs code",

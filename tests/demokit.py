@@ -42,10 +42,10 @@ class Demo:
             XDG_RUNTIME_DIR=str(tmp_path),
         )
 
-    def run(self, command: str) -> subprocess.CompletedProcess:
+    def run(self, command: str, *options: str) -> subprocess.CompletedProcess:
         """``scripts/demo.sh start|stop`` (stdin is not a terminal: start stays detached)."""
         return subprocess.run(
-            ["bash", str(ROOT / "scripts" / "demo.sh"), command, "--port", str(self.port)],
+            ["bash", str(ROOT / "scripts" / "demo.sh"), command, "--port", str(self.port), *options],
             env=self.env,
             capture_output=True,
             text=True,

@@ -222,3 +222,26 @@ def test_the_demo_traces_a_typed_message_runs_a_lesson_and_stops_clean(tmp_path:
     finally:
         stopped = demo.run("stop")
     demo.assert_stopped_clean(stopped, pane_pids)
+
+
+@needs_tmux
+def test_the_demo_on_posix_ipc_shows_the_parent_releasing_a_dead_holders_lock(tmp_path: Path) -> None:
+    demo = Demo(tmp_path)
+    started = demo.run("start", "--ipc", "posix")
+    pane_pids: list[int] = []
+    try:
+        assert started.returncode == 0, started.stderr
+        assert f"--port {demo.port} --trace --lesson-hooks --ipc posix" in demo.tmux(
+            "list-panes", "-t", "demo", "-F", "#{pane_title}"
+        )
+        demo.wait_screen(demo.pane("inspector"), r"3/8 online")
+        demo.wait_screen(demo.pane("inspector"), rf"/dev/shm/sem\.shmchat-{demo.port}-messages-lock")
+        assert {e.api for e in list_objects(demo.port)} == {"posix"}
+        pane_pids = demo.pane_pids()
+        done = lesson("sysv-vs-posix", "--port", str(demo.port))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "The demo's server (port" in done.stdout and "runs on POSIX IPC" in done.stdout
+        demo.wait_screen(demo.pane("trace"), r"✝ released by")  # the parent's V, in the demo's pane
+    finally:
+        stopped = demo.run("stop")
+    demo.assert_stopped_clean(stopped, pane_pids)

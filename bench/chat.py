@@ -19,7 +19,11 @@ The benchmark builds it with ``cc -O2`` into a temporary folder (and skips it,
 saying so, without a compiler or with ``--no-floor``); it speaks shmchat's
 dialect, so the shmchat adapter drives it.
 
-``--with-trace`` adds a fourth side to every round, shmchat started with
+Every round also runs shmchat ``--ipc posix`` (the same tables in POSIX
+shared memory and named semaphores) right after plain shmchat, and a table
+gives posix/sysv for every metric.
+
+``--with-trace`` adds one more side to every round, shmchat started with
 ``--trace`` (issue 11: every process records its IPC steps in its own ring),
 run right after plain shmchat, and a second table gives traced / untraced
 for every metric: the cost of tracing, measured in the same rounds.
@@ -338,6 +342,13 @@ class ShmchatTraced(Shmchat):
 
     name = "shmchat --trace"
     extra_args = ("--trace",)
+
+
+class ShmchatPosix(Shmchat):
+    """shmchat with ``--ipc posix``: the same tables in POSIX shared memory and named semaphores."""
+
+    name = "shmchat --ipc posix"
+    extra_args = ("--ipc", "posix")
 
 
 class Floor(Shmchat):
@@ -734,9 +745,10 @@ RATIOS = (("shmchat", "ngIRCd"), ("shmchat", "floor"), ("floor", "ngIRCd"))
 
 
 def servers(with_floor: bool, with_trace: bool = False) -> list[ChatServer]:
-    """One round's servers, in the order they run: shmchat (then traced), the floor, ngIRCd."""
+    """One round's servers, in the order they run: shmchat, on POSIX IPC, (traced), the floor, ngIRCd."""
     return [
         Shmchat(),
+        ShmchatPosix(),
         *([ShmchatTraced()] if with_trace else []),
         *([Floor()] if with_floor else []),
         Ngircd(),
@@ -899,19 +911,24 @@ def table(core: Results, scaling: Results) -> str:
     return "\n".join(lines)
 
 
-def trace_table(core: Results, scaling: Results) -> str:
-    """The cost of ``--trace``: traced / untraced for every metric, inside each round (median, range)."""
+def trace_table(
+    core: Results, scaling: Results, other: str = ShmchatTraced.name, ratio: str = "traced/untraced"
+) -> str:
+    """shmchat with a variation against plain shmchat, for every metric, inside each round (median, range).
+
+    The variation is ``--trace`` (the cost of tracing) or ``--ipc posix`` (POSIX against System V IPC).
+    """
     lines = [
-        "| metric | shmchat | shmchat --trace | traced/untraced (rounds' range) |",
+        f"| metric | shmchat | {other} | {ratio} (rounds' range) |",
         "| --- | ---: | ---: | ---: |",
     ]
     for results, metrics in ((core, CORE_METRICS), (scaling, scaling_metrics())):
         for m in metrics:
-            plain, traced = results.values("shmchat", m.key), results.values(ShmchatTraced.name, m.key)
-            if not plain or not traced:
+            plain, varied = results.values("shmchat", m.key), results.values(other, m.key)
+            if not plain or not varied:
                 continue
-            shown = [fmt(statistics.median(f) * m.scale, m.digits) for f in (plain, traced)]
-            ratios = results.ratios(m.key, ShmchatTraced.name, "shmchat")
+            shown = [fmt(statistics.median(f) * m.scale, m.digits) for f in (plain, varied)]
+            ratios = results.ratios(m.key, other, "shmchat")
             ratio = (
                 f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})" if ratios else "-"
             )
@@ -1177,6 +1194,12 @@ def report(saved: dict, plot_path: Path | None) -> None:
             "same rounds; a ratio inside each round, then the median of the rounds.\n"
         )
         print(trace_table(core, scaling))
+    if any(ShmchatPosix.name in r for r in (*core.rounds, *scaling.rounds)):
+        print(
+            "\nPOSIX and System V in the same rounds: shmchat --ipc posix against shmchat (System V); "
+            "a ratio inside each round, then the median of the rounds.\n"
+        )
+        print(trace_table(core, scaling, ShmchatPosix.name, "posix/sysv"))
     if plot_path is not None and scaling.rounds:
         plot(scaling, plot_path)
         print(f"\nplot: {plot_path}")

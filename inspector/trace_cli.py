@@ -56,6 +56,7 @@ def trace_command(port: int, follow: bool, as_json: bool) -> int:
         print(f"{programs.command('shm')} trace: {exc}", file=sys.stderr)
         return 1
     seen: dict[int, int] = {}  # ring -> the last seq read from it
+    kernel_undo = reader.kernel_undo  # System V: derive SEM_UNDO's returns; POSIX has none
     try:
         events = reader.read(seen)
     finally:
@@ -63,12 +64,12 @@ def trace_command(port: int, follow: bool, as_json: bool) -> int:
     if not follow:
         if not events:
             print(f"the trace table of port {port} has no events yet", file=sys.stderr)
-        events = with_undo(events)
+        events = with_undo(events, kernel_undo=kernel_undo)
         for event in events:  # every process known at once: one header
             view.know(event)
         show(events)
         return 0
-    tracker = UndoTracker()
+    tracker = UndoTracker(kernel_undo)
     waiting = events
     try:
         while True:

@@ -94,6 +94,8 @@ def event_text(e: TraceRecord) -> str:
             return f"send {e.bytes} B"
         case TraceEvent.UNDO:
             return f"✝ SEM_UNDO {lock}"
+        case TraceEvent.RELEASED:
+            return f"✝ released by parent {lock}"
     return e.event.name.lower()
 
 

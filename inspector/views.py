@@ -25,8 +25,8 @@ import time
 from inspector.screen import Cell, Screen, id_cell, ids_cells
 from protocol.wire import format_address
 from shm import layout
+from shm.discovery import IpcEntry
 from shm.layout import IpcObject, RecordKind
-from shm.segments import IpcEntry
 from shm.snapshot import Snapshot
 from syscalls import programs
 
@@ -88,6 +88,10 @@ def _slot_run(slots: list[int]) -> str:
     return str(slots[0]) if len(slots) == 1 else f"{slots[0]}-{slots[-1]}"
 
 
+def _where(seg: IpcEntry) -> str:
+    return seg.name if seg.api == "posix" else f"shmid {seg.id}"
+
+
 def _segment(snap: Snapshot, obj: IpcObject) -> IpcEntry:
     return next(e for e in snap.objects if e.kind == "shm" and e.obj == obj)
 
@@ -109,8 +113,9 @@ def render(snap: Snapshot, color: bool = False, width: int = 120) -> Screen:
     screen.add(
         (
             "dim",
-            " read-only: segments attached with SHM_RDONLY for each read; each lock only tried, "
-            "held for one table read",
+            " read-only: segments "
+            + ("mapped PROT_READ" if snap.api == "posix" else "attached with SHM_RDONLY")
+            + " for each read; each lock only tried, held for one table read",
         )
     )
     _render_clients(screen, snap, now)
@@ -127,7 +132,7 @@ def _render_clients(screen: Screen, snap: Snapshot, now: float) -> None:
     online = [c for c in snap.clients or [] if c.online]
     screen.add(
         ("label", " CLIENT TABLE"),
-        ("dim", f"  shmid {seg.id} · {seg.size:,} B · {layout.CLIENT_RECORD_SIZE}-byte record per slot · "),
+        ("dim", f"  {_where(seg)} · {seg.size:,} B · {layout.CLIENT_RECORD_SIZE}-byte record per slot · "),
         ("label", f"{len(online)}/{snap.capacity} online"),
     )
     if snap.clients is None:
@@ -196,7 +201,7 @@ def _render_messages(screen: Screen, snap: Snapshot, now: float) -> None:
         ("label", " MESSAGE TABLE"),
         (
             "dim",
-            f"  shmid {seg.id} · {seg.size:,} B · one mailbox per slot: "
+            f"  {_where(seg)} · {seg.size:,} B · one mailbox per slot: "
             f"{layout.MAILBOX_HEADER_SIZE}-byte header + {_bytes(snap.mailbox_bytes)} ring",
         ),
     )
@@ -270,7 +275,7 @@ def _render_groups(screen: Screen, snap: Snapshot) -> None:
     count = "?" if groups is None else str(len(groups))
     screen.add(
         ("label", " GROUP TABLE"),
-        ("dim", f"  shmid {seg.id} · {seg.size:,} B · {layout.GROUP_RECORD_SIZE}-byte record per group · "),
+        ("dim", f"  {_where(seg)} · {seg.size:,} B · {layout.GROUP_RECORD_SIZE}-byte record per group · "),
         ("label", f"{count}/{snap.group_capacity} in use"),
     )
     if groups is None:
@@ -296,7 +301,9 @@ def _render_groups(screen: Screen, snap: Snapshot) -> None:
 
 def _render_semaphores(screen: Screen, snap: Snapshot, now: float) -> None:
     screen.blank()
-    screen.add(("label", " SEMAPHORES"), ("dim", "  one binary lock each, SEM_UNDO on: 1 = free, 0 = held"))
+    posix = snap.api == "posix"
+    undo = "POSIX named, no undo" if posix else "SEM_UNDO on"
+    screen.add(("label", " SEMAPHORES"), ("dim", f"  one binary lock each, {undo}: 1 = free, 0 = held"))
     rows = []
     for sem in snap.semaphores:
         value = [("good", "1 free")] if sem.value == 1 else [("bad", f"{sem.value} HELD")]
@@ -310,53 +317,54 @@ def _render_semaphores(screen: Screen, snap: Snapshot, now: float) -> None:
                 whom = [("dim", " worker of "), id_cell(int(who.split()[-1]))]
             else:
                 whom = [("dim", f" {who}")]
-            ago = f", {_age(now - at)} ago" if at else ""
+            ago = f", {_age(now - at)} ago" if at and not posix else ""
             last = [("", str(pid)), *whom, ("dim", ago + then)]
         rows.append(
             [
-                [("", str(sem.id))],
-                [("", f"0x{sem.key:08x}")],
+                [("", sem.name or str(sem.id))],
+                [("", "-" if posix else f"0x{sem.key:08x}")],
                 [("", GUARDS[sem.obj])],
                 value,
-                [("warn" if sem.waiting else "", str(sem.waiting))],
+                [("warn" if sem.waiting > 0 else "", "-" if sem.waiting < 0 else str(sem.waiting))],
                 last,
             ]
         )
-    screen.table(["semid", "key", "guards", "value", "waiting", "last semop by"], rows, right={4})
+    # POSIX: the holder recorded in the segment header; System V: semctl GETPID.
+    heading = ["name", "key", "guards", "value", "waiting", "holder"] if posix else None
+    screen.table(heading or ["semid", "key", "guards", "value", "waiting", "last semop by"], rows, right={4})
 
 
 def _render_objects(screen: Screen, snap: Snapshot) -> None:
     screen.blank()
-    screen.add(("label", " IPC OBJECTS"), ("dim", "  as ipcs -m / ipcs -s show them (/proc/sysvipc)"))
+    posix = snap.api == "posix"
+    shown = "ls -l /dev/shm shows them (sem.NAME: a semaphore)" if posix else "ipcs -m / ipcs -s show them"
+    screen.add(("label", " IPC OBJECTS"), ("dim", f"  as {shown}"))
     rows = []
     attached = 0
     for entry in snap.objects:
-        mode = snap.modes.get(entry.id)
+        mode = snap.modes.get(entry.ident)
         if entry.kind == "shm":
             attached = max(attached, entry.attached)
-            size, nattch = f"{entry.size:,} B", str(entry.attached)
+            size, nattch = f"{entry.size:,} B", "-" if posix else str(entry.attached)
         else:
             size, nattch = f"{entry.size} sem", "-"
+        file = "/dev/shm/" + ("" if entry.kind == "shm" else "sem.") + entry.name.lstrip("/")
         rows.append(
             [
                 [("", entry.kind)],
-                [("", f"0x{entry.key:08x}")],
-                [("", str(entry.id))],
+                [("", file if posix else f"0x{entry.key:08x}")],
+                [("", "-" if posix else str(entry.id))],
                 [("", size)],
                 [("", nattch)],
                 [("", f"{mode & 0o777:o}" if mode is not None else "?")],
                 [("", OBJECT_LABELS[entry.obj])],
             ]
         )
-    screen.table(["kind", "key", "id", "size", "nattch", "perms", "holds"], rows, right={2, 3, 4})
+    heading = "file" if posix else "key"
+    screen.table(["kind", heading, "id", "size", "nattch", "perms", "holds"], rows, right={2, 3, 4})
     workers = sum(1 for c in snap.clients or [] if c.online)
-    screen.add(
-        (
-            "note",
-            f" nattch {attached} = server parent + {workers} worker(s): fork inherits attachments "
-            "(the inspector detaches between reads)",
-        )
-    )
+    what = "mappings" if posix else f"attachments, nattch {attached} = server parent + {workers} worker(s)"
+    screen.add(("note", f" fork inherits {what} (the inspector lets go between reads)"))
 
 
 def render_text(snap: Snapshot, color: bool = False, width: int | None = None) -> str:

@@ -10,8 +10,9 @@ import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
-from lessons import backpressure, cleanup, send, undo
+from lessons import backpressure, cleanup, send, sysv_vs_posix, undo
 from lessons.kit import LessonFailed, Narrator, demo_command, find_port
+from shm.discovery import list_objects
 from syscalls import programs
 
 
@@ -29,10 +30,18 @@ LESSONS: dict[str, Lesson] = {
         backpressure.run,
         "a client stops reading: its mailbox fills, the sender waits, it is cut off past 4 MiB",
     ),
+    "sysv-vs-posix": Lesson(
+        sysv_vs_posix.run,
+        "the same killed lock holder on System V (SEM_UNDO) and POSIX (the parent posts V)",
+    ),
     "cleanup": Lesson(
         cleanup.run, "Ctrl-C on the server: its objects leave ipcs (this stops the demo's server)"
     ),
 }
+
+
+#: Lessons that show what only System V does; on a --ipc posix server they say so.
+SYSV_ONLY = {"undo": "SEM_UNDO", "cleanup": "ipcs and IPC_RMID"}
 
 
 def listing() -> str:
@@ -72,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     narrator = Narrator(pause=sys.stdin.isatty() and not args.no_pause)
     try:
         port = find_port(args.port, f"{programs.command('lesson')} {args.name}")
+        if args.name in SYSV_ONLY and any(e.api == "posix" for e in list_objects(port)):
+            raise LessonFailed(
+                f"this lesson is about System V ({SYSV_ONLY[args.name]}), and the server on port {port} "
+                f"runs --ipc posix. '{programs.command('lesson')} sysv-vs-posix' shows both APIs; or start "
+                "the demo without --ipc posix"
+            )
         LESSONS[args.name].run(port, narrator)
     except LessonFailed as exc:
         print(f"\nlesson {args.name}: {exc}", file=sys.stderr)

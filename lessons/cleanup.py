@@ -18,8 +18,8 @@ import time
 
 from lessons.kit import LOOK_INTERVAL, PATIENCE, Narrator, connect_all, process_state, server_pid, wait_until
 from shm import layout
+from shm.discovery import list_objects
 from shm.layout import IpcObject
-from shm.segments import list_objects
 
 NAMES = {
     IpcObject.CLIENTS_SEGMENT: "client table",

@@ -25,8 +25,9 @@ import sysv_ipc
 
 from protocol import replies
 from shm import discovery, layout
+from shm.discovery import list_objects, live_server_pid
 from shm.layout import IpcObject, TraceEvent
-from shm.segments import list_objects, live_server_pid
+from shm.segments import ServerIpc
 from shm.snapshot import NotRunning, take_snapshot
 from shm.trace_reader import TraceRecord, TraceUnavailable, open_trace, with_undo
 from syscalls import processes, programs
@@ -285,22 +286,36 @@ class LockState(NamedTuple):
 
 
 class Semaphore:
-    """One table lock as ``semctl`` reports it (GETVAL, GETNCNT, GETPID); never operated on."""
+    """One table lock as the kernel reports it; never operated on.
+
+    System V: ``semctl`` GETVAL, GETNCNT, GETPID.  POSIX: ``sem_getvalue`` and
+    the holder the lock recorded in its segment header; how many wait is not
+    known there (``waiting`` is -1).
+    """
 
     def __init__(self, port: int, which: IpcObject) -> None:
-        self.sem = sysv_ipc.Semaphore(layout.ipc_key(port, which))
+        self.port, self.which = port, which
+        posix = any(e.api == "posix" and e.obj is which for e in list_objects(port))
+        self.sem = None if posix else sysv_ipc.Semaphore(layout.ipc_key(port, which))
+
+    def _posix(self) -> tuple[int, int]:
+        ipc = ServerIpc.attach(self.port)
+        try:
+            return ipc.locks[self.which].value, ipc.locks[self.which].holder()
+        finally:
+            ipc.close()
 
     @property
     def value(self) -> int:
-        return self.sem.value
+        return self.sem.value if self.sem is not None else self._posix()[0]
 
     @property
     def waiting(self) -> int:
-        return self.sem.waiting_for_nonzero
+        return self.sem.waiting_for_nonzero if self.sem is not None else -1
 
     @property
     def last_pid(self) -> int:
-        return self.sem.last_pid
+        return self.sem.last_pid if self.sem is not None else self._posix()[1]
 
     def state(self) -> LockState:
         """The three numbers, read until two readings agree (each is its own semctl call)."""

@@ -5,8 +5,10 @@
 # (so that ./dev lesson can run against it) and --no-flood-control (the
 # backpressure lesson floods on purpose, to show the output limit).
 #
-#   scripts/demo.sh start [--port N] [--detach]   open it (and attach, unless --detach
-#                                                 or stdin is not a terminal)
+#   scripts/demo.sh start [--port N] [--ipc sysv|posix] [--detach]
+#                                                 open it (and attach, unless --detach
+#                                                 or stdin is not a terminal); --ipc posix
+#                                                 runs the server on POSIX IPC (/dev/shm)
 #   scripts/demo.sh stop  [--port N]              tear it down: the server is stopped
 #                                                 with SIGTERM (it removes its IPC objects),
 #                                                 the session is killed, and the script
@@ -77,26 +79,30 @@ alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 server_pid() {
     (cd "$ROOT" && "$PY" -c '
 import sys
-from shm.segments import live_server_pid
+from shm.discovery import live_server_pid
 pid = live_server_pid(int(sys.argv[1]))
 print(pid or "")' "$1" 2>/dev/null)
 }
 
-shmchat_objects() {  # how many IPC objects of port $1 exist (the trace table is object 5)
-    local key=$(( (0x5C4 << 20) | ($1 << 4) ))
-    awk -v lo="$key" -v hi="$(( key + 5 ))" 'NR > 1 && $1 >= lo && $1 <= hi { n++ } END { print n + 0 }' \
-        /proc/sysvipc/shm /proc/sysvipc/sem
+shmchat_objects() {  # how many IPC objects of port $1 exist: System V keys (the trace table
+    # is object 5), and POSIX names in /dev/shm
+    local key=$(( (0x5C4 << 20) | ($1 << 4) )) sysv posix
+    sysv="$(awk -v lo="$key" -v hi="$(( key + 5 ))" 'NR > 1 && $1 >= lo && $1 <= hi { n++ } END { print n + 0 }' \
+        /proc/sysvipc/shm /proc/sysvipc/sem)"
+    posix="$(find /dev/shm -maxdepth 1 \( -name "shmchat-$1-*" -o -name "sem.shmchat-$1-*" \) 2>/dev/null | wc -l)"
+    echo $(( sysv + posix ))
 }
 
 # -- what runs in each pane ---------------------------------------------------------
 
-pane_server() {  # port state
-    local port="$1" state="$2" status
+pane_server() {  # port state ipc
+    local port="$1" state="$2" ipc="$3" status
     cd "$ROOT" || exit 1
     while true; do
         # sh writes its own pid, then becomes the server: the pid file names the server.
         sh -c 'echo $$ > "$1"; shift; exec "$@"' sh "$state/server.pid" \
-            "$PY" -m server --port "$port" --max-clients "$DEMO_CLIENTS" --trace --lesson-hooks --no-flood-control --log-level INFO
+            "$PY" -m server --port "$port" --max-clients "$DEMO_CLIENTS" --trace --lesson-hooks --no-flood-control \
+            --log-level INFO --ipc "$ipc"
         status=$?
         rm -f "$state/server.pid"
         printf '\n[the server exited with status %s; press Enter to start it again]\n' "$status"
@@ -113,9 +119,10 @@ pane_inspector() {  # port
     done
 }
 
-has_trace_table() {  # does port $1 have a trace segment (object 5) in /proc/sysvipc/shm?
+has_trace_table() {  # does port $1 have a trace segment (object 5 in /proc/sysvipc/shm, or in /dev/shm)?
     local key=$(( (0x5C4 << 20) | ($1 << 4) | 5 ))
-    awk -v key="$key" 'NR > 1 && $1 == key { found = 1 } END { exit !found }' /proc/sysvipc/shm
+    [ -e "/dev/shm/shmchat-$1-trace" ] ||
+        awk -v key="$key" 'NR > 1 && $1 == key { found = 1 } END { exit !found }' /proc/sysvipc/shm
 }
 
 pane_trace() {  # port
@@ -147,20 +154,23 @@ pane_client() {  # port name state
 
 check_ready() {
     command -v tmux >/dev/null 2>&1 || fail "tmux is not installed (apt-get install tmux), or use ./dev demo"
-    (cd "$ROOT" && "$PY" -c 'import sysv_ipc, prompt_toolkit' 2>/dev/null) ||
-        fail "$PY cannot import sysv_ipc and prompt_toolkit; run ./dev demo, which sets up .venv"
+    (cd "$ROOT" && "$PY" -c 'import sysv_ipc, posix_ipc, prompt_toolkit' 2>/dev/null) ||
+        fail "$PY cannot import sysv_ipc, posix_ipc and prompt_toolkit; run ./dev demo, which sets up .venv"
 }
 
 start() {
-    local detach=0
+    local detach=0 ipc=sysv
     while [ $# -gt 0 ]; do
         case "$1" in
             --port) PORT="$2"; shift 2 ;;
             --port=*) PORT="${1#--port=}"; shift ;;
+            --ipc) ipc="$2"; shift 2 ;;
+            --ipc=*) ipc="${1#--ipc=}"; shift ;;
             --detach) detach=1; shift ;;
-            *) fail "unknown option $1 (use --port N, --detach)" ;;
+            *) fail "unknown option $1 (use --port N, --ipc sysv|posix, --detach)" ;;
         esac
     done
+    [ "$ipc" = sysv ] || [ "$ipc" = posix ] || fail "bad --ipc: $ipc (sysv or posix)"
     [[ "$PORT" =~ ^[0-9]+$ ]] && [ "$PORT" -gt 0 ] && [ "$PORT" -lt 65536 ] || fail "bad port: $PORT"
     check_ready
     if tmux_ has-session -t "=$SESSION" 2>/dev/null; then
@@ -181,7 +191,7 @@ start() {
     # the server's log.
     local server inspector trace a b c
     server="$(tmux_ new-session -d -s "$SESSION" -n shmchat -x "$cols" -y "$rows" -P -F '#{pane_id}' \
-        "$run _server $PORT $q_state")" || fail "tmux could not start a session"
+        "$run _server $PORT $q_state $ipc")" || fail "tmux could not start a session"
     wait_listening "$PORT" 15 || say "warning: the server is not listening on $PORT yet (see its pane)"
     inspector="$(tmux_ split-window -h -b -l 60% -t "$server" -P -F '#{pane_id}' "$run _inspector $PORT")"
     a="$(tmux_ split-window -v -b -l 84% -t "$server" -P -F '#{pane_id}' "$run _client $PORT A $q_state")"
@@ -189,7 +199,7 @@ start() {
     c="$(tmux_ split-window -v -l 50% -t "$b" -P -F '#{pane_id}' "$run _client $PORT C $q_state")"
     trace="$(tmux_ split-window -v -l 40% -t "$inspector" -P -F '#{pane_id}' "$run _trace $PORT")"
 
-    tmux_ select-pane -t "$server" -T "server  (./dev server --port $PORT --trace --lesson-hooks --no-flood-control --max-clients $DEMO_CLIENTS)"
+    tmux_ select-pane -t "$server" -T "server  (./dev server --port $PORT --trace --lesson-hooks --no-flood-control --max-clients $DEMO_CLIENTS --ipc $ipc)"
     tmux_ select-pane -t "$trace" -T "trace  (./dev shm trace --port $PORT --follow)"
     tmux_ select-pane -t "$inspector" -T "inspector  (./dev shm inspect --port $PORT --watch)"
     tmux_ select-pane -t "$a" -T "client A"
@@ -280,7 +290,7 @@ stop() {
     local objects
     objects="$(shmchat_objects "$PORT")"
     if [ "$objects" = 0 ] && [ "$left" = 0 ] && ! listening "$PORT"; then
-        say "demo stopped: no demo process left, no IPC object of port $PORT left (ipcs -m, ipcs -s)"
+        say "demo stopped: no demo process left, no IPC object of port $PORT left (ipcs -m, ipcs -s, /dev/shm)"
         return 0
     fi
     say "demo stopped, but: $left pane process(es) still alive, $objects IPC object(s) of port $PORT left"

@@ -10,6 +10,7 @@ from protocol.wire import DEFAULT_PORT
 from server.config import DEFAULT_MAX_PER_ADDRESS, MiB, ServerConfig
 from server.parent import StartupError, run
 from shm import layout
+from shm.backend import APIS
 from syscalls import programs
 
 
@@ -81,6 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="read every client as fast as it sends, however much it sends (for benchmarks and load tests)",
     )
     parser.add_argument(
+        "--ipc",
+        choices=APIS,
+        default=APIS[0],
+        help="System V or POSIX shared memory and semaphores for the tables (default: %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -124,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         trace=args.trace,
         max_per_address=args.max_per_address,
         flood_control=args.flood_control,
+        ipc=args.ipc,
     )
     try:
         return run(config)

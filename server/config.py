@@ -60,6 +60,8 @@ class ServerConfig:
     #: Read a client that sends chat faster than its budget more slowly
     #: (``server/flood.py``); off with ``--no-flood-control``.
     flood_control: bool = True
+    #: Which IPC API holds the tables: "sysv" (the card's design) or "posix".
+    ipc: str = "sysv"
 
     def spool_quotas(self, folder: str) -> Quotas:
         """The spool's quotas: those given, or the defaults (``Quotas.for_folder``)."""

@@ -32,9 +32,8 @@ import selectors
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-
-import sysv_ipc
 
 from protocol import replies, wire
 from server import handlers
@@ -45,7 +44,9 @@ from server.listener import Listener, Throttled, listening_socket, refuse, turne
 from server.outbox import Delivery, Outbox
 from server.spool import Spool, SpoolInUse
 from server.worker import describe_exit, run_worker
+from shm.backend import IPC_ERRORS
 from shm.layout import RecordKind
+from shm.locks import BinaryLock
 from shm.mailboxes import Posting, Record
 from shm.segments import IpcInUse, ServerIpc
 from shm.trace import TraceWriter
@@ -109,14 +110,14 @@ class ChatServer:
             raise StartupError(f"cannot open a descriptor: {exc.strerror or exc}") from exc
         try:
             self.ipc = ServerIpc.create(
-                port, cfg.max_clients, cfg.max_groups, cfg.mailbox_bytes, trace=cfg.trace
+                port, cfg.max_clients, cfg.max_groups, cfg.mailbox_bytes, trace=cfg.trace, api=cfg.ipc
             )
-        except (IpcInUse, sysv_ipc.Error, OSError) as exc:
+        except (IpcInUse, *IPC_ERRORS, OSError) as exc:
             raise StartupError(f"cannot create the shared memory for port {port}: {exc}") from exc
         self.tracer = self.ipc.tracer_for(0)  # ring 0 of the trace table; None without --trace
         for lock in self.ipc.locks.values():
             lock.patience = cfg.lock_patience  # never wait for ever on a stopped worker
-            lock.on_stuck = self._break_stall
+            lock.on_stuck = self._stall_breaker(lock)
         try:
             self.doorbells = Doorbells(cfg.max_clients)
         except OSError as exc:
@@ -163,7 +164,7 @@ class ChatServer:
                 self.post_pending()
                 if self.listener is not None:
                     self.listener.resume_if_due()
-        except sysv_ipc.Error as exc:  # EIDRM: someone ran ipcrm on our objects
+        except IPC_ERRORS as exc:  # EIDRM: someone ran ipcrm on our objects
             log.error("the shared tables failed (%s); stopping every worker and exiting", exc)
             self.tables_lost = True
         finally:
@@ -234,12 +235,26 @@ class ChatServer:
         self.outbox.add(handlers.notices(others, replies.joined(caller.client_id)))
         self.post_pending()
 
-    def _break_stall(self, holder: int) -> None:
+    def _stall_breaker(self, lock: BinaryLock) -> Callable[[int], None]:
+        return lambda holder: self._break_stall(holder, lock)
+
+    def _break_stall(self, holder: int, lock: BinaryLock) -> None:
         """A table lock has been held past the parent's patience: kill its holder.
 
-        SIGKILL works on a stopped process too; the kernel's SEM_UNDO then
-        gives the lock back, and the reaper tells everyone the client left.
+        SIGKILL works on a stopped process too.  Once it is dead (``waitid``
+        with WNOWAIT: dead, but left for the reaper), its locks come back: the
+        kernel's SEM_UNDO did it on System V, ``_reclaim_locks`` does it on
+        POSIX; the reaper then tells everyone the client left.
         """
+        if holder == 0:  # POSIX only: taken by a process that died before it could record itself
+            log.error(
+                "the %s has been held for %.1f s by a process that never recorded its pid "
+                "(killed between sem_wait and the store?); posting V for it",
+                lock.label,
+                self.config.lock_patience,
+            )
+            lock.release()
+            return
         child = self.children.get(holder)
         if child is None:
             log.error("a table lock is held by pid %d, which is no worker of this server; waiting on", holder)
@@ -252,8 +267,20 @@ class ChatServer:
         )
         try:
             os.kill(holder, signal.SIGKILL)
-        except ProcessLookupError:
+            os.waitid(os.P_PID, holder, os.WEXITED | os.WNOWAIT)
+        except (ProcessLookupError, ChildProcessError):
             pass
+        self._reclaim_locks(holder)
+
+    def _reclaim_locks(self, dead: int) -> None:
+        """Give back the locks the dead worker ``dead`` held (POSIX: no SEM_UNDO does it)."""
+        assert self.ipc is not None
+        tracer = self.tracer
+        for obj, lock in self.ipc.locks.items():
+            # The trace row goes in before the V, so that it precedes the next holder's lock.
+            trace = None if tracer is None else (lambda obj=obj: tracer.released(obj, dead))
+            if lock.reclaim_from(dead, trace):
+                log.warning("worker %d died holding the %s; the parent posted V for it", dead, lock.label)
 
     # -- departures ---------------------------------------------------------------------
 
@@ -267,6 +294,7 @@ class ChatServer:
                 return
             child = self.children.pop(pid, None)
             if child is not None:
+                self._reclaim_locks(pid)  # before departure, which takes the locks
                 if self.tracer is not None:
                     self.tracer.reap(pid, child.caller.slot, child.caller.client_id, status)
                 self.departure(child, status)
@@ -343,6 +371,8 @@ class ChatServer:
                 _, status = os.waitpid(pid, 0)
             except ChildProcessError:
                 status = 0
+            if not self.tables_lost:
+                self._reclaim_locks(pid)
             self.departure(self.children.pop(pid), status)
         if self.ipc is not None:
             self.ipc.close()

@@ -41,8 +41,6 @@ import time
 from collections.abc import Callable
 from enum import IntEnum
 
-import sysv_ipc
-
 from protocol import commands, replies
 from protocol.commands import CommandError, StreamError
 from protocol.framing import NEED_DATA, BadLine, Data, DataEnd, Line, LineFramer
@@ -57,6 +55,7 @@ from server.outbox import Outbox
 from server.outcome import Outcome
 from server.spool import Spool
 from server.uploads import Uploads
+from shm.backend import IPC_ERRORS
 from shm.layout import RecordKind, WakeSource
 from shm.segments import ServerIpc
 from syscalls import faults
@@ -169,7 +168,7 @@ class Worker:
         try:
             self.serve()
             self.finish()
-        except sysv_ipc.Error as exc:
+        except IPC_ERRORS as exc:
             # A semaphore operation failed (the objects were removed, or refused
             # us): the tables cannot be touched again, not even to say goodbye
             # through them.  Exiting gives back, through SEM_UNDO, any lock held.

@@ -1,7 +1,7 @@
-"""``./dev shm`` (``shmchat-shm`` once installed): look at and clean up shmchat's System V objects.
+"""``./dev shm`` (``shmchat-shm`` once installed): shmchat's IPC objects, System V and POSIX.
 
-shm list              every shmchat segment and semaphore here
-shm cleanup [--port]  remove what dead servers left behind
+shm list              every shmchat segment and semaphore here, and whose
+shm cleanup [--port]  remove what dead servers of yours left behind
 shm inspect [--port P] [--watch [SECONDS]] [--json]
                       a running server's tables, read-only (live with --watch)
 shm trace [--port P] [--follow] [--json]
@@ -16,9 +16,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shm.discovery import choose_port
-from shm.segments import list_objects, live_server_pid, remove_stale
+from shm.discovery import choose_port, list_objects, remove_stale, whose
 from syscalls import programs
+
+
+def _row(port: str, api: str, kind: str, name: str, ident: str, obj: str, size: str, attached: str) -> str:
+    return f"{port:>5}  {api:5}  {kind:4}  {name:30}  {ident:>7}  {obj:19}  {size:>10}  {attached:>6}"
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -26,26 +29,27 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not entries:
         print("no shmchat IPC objects")
         return 0
-    print(f"{'port':>5}  {'kind':4}  {'key':10}  {'id':>6}  {'object':20}  {'size':>9}  {'nattch':>6}  owner")
-    for e in entries:
-        pid = live_server_pid(e.port)
-        owner = f"server pid {pid}" if pid else "stale (server gone)"
-        size = f"{e.size} B" if e.kind == "shm" else f"{e.size} sem"
-        attached = str(e.attached) if e.kind == "shm" else "-"
-        print(
-            f"{e.port:>5}  {e.kind:4}  0x{e.key:08x}  {e.id:>6}  {e.obj.name:20}  "
-            f"{size:>9}  {attached:>6}  {owner}"
-        )
+    columns = ("port", "api", "kind", "key or name", "id", "object", "size", "nattch")
+    print(f"{_row(*columns)}  owner")
+    for port in sorted({e.port for e in entries}):
+        mine = [e for e in entries if e.port == port]
+        owner = whose(mine)  # one verdict per port: its server is alive, or gone
+        for e in mine:
+            name = e.name if e.api == "posix" else f"0x{e.key:08x}"
+            ident = str(e.id) if e.api == "sysv" else "-"
+            size = f"{e.size} B" if e.kind == "shm" else f"{e.size} sem"
+            attached = str(e.attached) if e.kind == "shm" and e.api == "sysv" else "-"
+            print(f"{_row(str(e.port), e.api, e.kind, name, ident, e.obj.name, size, attached)}  {owner}")
     return 0
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     removed = remove_stale(args.port)
     for e in removed:
-        print(f"removed {e.kind} id {e.id} (key 0x{e.key:08x}, port {e.port}, {e.obj.name})")
-    live = {e.port for e in list_objects(args.port)}
-    for port in sorted(live):
-        print(f"kept the objects of port {port}: server pid {live_server_pid(port)} is running")
+        print(f"removed {e.api} {e.kind} {e.label} (port {e.port}, {e.obj.name})")
+    left = list_objects(args.port)
+    for port in sorted({e.port for e in left}):
+        print(f"kept the objects of port {port}: {whose([e for e in left if e.port == port])}")
     if not removed:
         print("nothing to clean up")
     return 0

@@ -20,8 +20,6 @@ import random
 import time
 from dataclasses import dataclass, field, replace
 
-import sysv_ipc
-
 from shm import layout
 from shm.layout import (
     CLIENT_RECORD,
@@ -118,8 +116,8 @@ class Directory:
 
     def __init__(
         self,
-        clients_segment: sysv_ipc.SharedMemory,
-        groups_segment: sysv_ipc.SharedMemory,
+        clients_segment: memoryview,
+        groups_segment: memoryview,
         lock: TableLock,
     ) -> None:
         self._clients_view = memoryview(clients_segment)
@@ -133,8 +131,8 @@ class Directory:
 
     @staticmethod
     def format(
-        clients_segment: sysv_ipc.SharedMemory,
-        groups_segment: sysv_ipc.SharedMemory,
+        clients_segment: memoryview,
+        groups_segment: memoryview,
         max_clients: int,
         max_groups: int,
         server_pid: int,
@@ -145,7 +143,7 @@ class Directory:
             header = SEGMENT_HEADER.pack(
                 layout.SEGMENT_MAGIC, layout.LAYOUT_VERSION, count, server_pid, now, 0
             )
-            segment.write(header, 0)
+            segment[: len(header)] = header
 
     def release(self) -> None:
         """Drop the memoryviews; required before the segments are detached."""

@@ -39,7 +39,7 @@ KEY_PORT_SHIFT = 4
 #: Written at the start of every segment, checked by everything that attaches.
 SEGMENT_MAGIC = b"SHMC"
 #: Bumped whenever any record below changes shape.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 
 class IpcObject(IntEnum):
@@ -80,6 +80,38 @@ def split_key(key: int) -> tuple[int, IpcObject] | None:
     return port, IpcObject(index)
 
 
+#: ``--ipc posix``: the same objects under names, ``/shmchat-PORT-WHAT``.  A
+#: segment shows as ``/dev/shm/shmchat-PORT-WHAT``, a semaphore as
+#: ``/dev/shm/sem.shmchat-PORT-WHAT`` (the locks end in ``-lock``).
+POSIX_NAMES = {
+    IpcObject.CLIENTS_SEGMENT: "clients",
+    IpcObject.MESSAGES_SEGMENT: "messages",
+    IpcObject.GROUPS_SEGMENT: "groups",
+    IpcObject.DIRECTORY_SEMAPHORE: "directory-lock",
+    IpcObject.MESSAGES_SEMAPHORE: "messages-lock",
+    IpcObject.TRACE_SEGMENT: "trace",
+}
+
+
+def posix_name(port: int, obj: IpcObject) -> str:
+    """Return the POSIX name of one object of the server listening on ``port``."""
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range: {port}")
+    return f"/shmchat-{port}-{POSIX_NAMES[obj]}"
+
+
+def split_posix_name(name: str) -> tuple[int, IpcObject] | None:
+    """``(port, object)`` for a shmchat POSIX name (with or without its ``/``), else None."""
+    parts = name.lstrip("/").split("-", 2)
+    if len(parts) != 3 or parts[0] != "shmchat" or not parts[1].isdigit():
+        return None
+    port = int(parts[1])
+    for obj, what in POSIX_NAMES.items():
+        if what == parts[2] and 0 < port < 65536:
+            return port, obj
+    return None
+
+
 # ---------------------------------------------------------------------------
 # Limits.  Named once, used everywhere (the Redis habit).
 # ---------------------------------------------------------------------------
@@ -111,8 +143,19 @@ DEFAULT_MAILBOX_BYTES = 256 * 1024
 #: change counter (bumped under the lock whenever a client slot is claimed or
 #: released, so that workers can cache the client list until it moves).
 SEGMENT_HEADER = struct.Struct("<4sHHidI")
-SEGMENT_HEADER_SIZE = 24  # records start 8-aligned
-assert SEGMENT_HEADER.size == SEGMENT_HEADER_SIZE
+#: Then the pid of the process holding the lock that guards the segment
+#: (clients segment: the directory lock; messages segment: the messages lock),
+#: 0 when free.  Only POSIX locks write it (they have no undo: the parent reads
+#: it to release the lock of a worker that died holding it, see shm.posix).
+LOCK_HOLDER = struct.Struct("<i4x")
+LOCK_HOLDER_OFFSET = 24
+#: The segment whose header records each lock's holder.
+LOCK_HOME = {
+    IpcObject.DIRECTORY_SEMAPHORE: IpcObject.CLIENTS_SEGMENT,
+    IpcObject.MESSAGES_SEMAPHORE: IpcObject.MESSAGES_SEGMENT,
+}
+SEGMENT_HEADER_SIZE = 32  # records start 8-aligned
+assert SEGMENT_HEADER.size + LOCK_HOLDER.size == SEGMENT_HEADER_SIZE
 SEGMENT_EPOCH = struct.Struct("<I")
 SEGMENT_EPOCH_OFFSET = 20
 
@@ -262,6 +305,7 @@ class TraceEvent(IntEnum):
     TAKE = 10  # worker: mail taken out of its mailbox (records, bytes)
     SEND = 11  # worker: bytes written to its client's socket
     UNDO = 12  # never written: the reader derives it (a lock SEM_UNDO gave back)
+    RELEASED = 13  # parent, POSIX only: it posted V for a lock a dead worker held (lock, child)
 
 
 class WakeSource(IntEnum):

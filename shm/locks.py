@@ -1,98 +1,36 @@
-"""Binary semaphores with undo: the four verbs of TLPI's ``binary_sems.c``.
+"""Binary semaphores as table locks: what every IPC API's lock must do.
 
-Each lock is a System V semaphore used as a mutex (1 = available, 0 = held).
-Two properties matter more than speed here:
+A table lock is a semaphore used as a mutex (1 = available, 0 = held), with
+three of the four verbs of TLPI's ``binary_sems.c``: create it available,
+reserve (P), release (V).  TLPI's fourth verb, ``initSemInUse``, creates a
+lock already held, for a creator that must fill a table before anyone may
+read it.  shmchat's parent fills its tables before its first fork, when
+nobody else can reach them, so every lock starts available and that verb is
+not here.
 
-* ``undo`` is switched on for every handle, so the kernel adds back what a
-  process took when that process dies.  A worker killed with SIGKILL inside a
-  critical section therefore never leaves the lock held.  Undo restores the
-  count, not the data: critical sections are kept to a few record copies and
-  the parent repairs a dead worker's rows.
-* A blocked ``acquire()`` that a signal interrupts raises the base
-  ``sysv_ipc.Error`` ("Signaled while waiting").  That is not a failure; the
-  wait is simply retried, as ``binary_sems.c`` retries on EINTR.
+``BinaryLock`` is the interface; ``shm.sysv.SysvLock`` (a System V
+semaphore, SEM_UNDO on) and ``shm.posix.PosixLock`` (a POSIX named
+semaphore, no undo: it records its holder instead) implement it.  What they
+share lives here:
 
-The locks are not re-entrant and must never be taken in a signal handler.
-
-**Bounded waits.**  A holder that is stopped (SIGSTOP, a debugger) rather than
-killed keeps the lock, and everybody waiting for it waits too.  The parent
-must never wait forever: it sets ``patience`` on its handles, waits at most
-that long (``semtimedop``, through ctypes: the sysv_ipc wheel on Linux has no
-semaphore timeouts), then calls ``on_stuck`` with the holder's pid (the last
-pid to operate on the semaphore, which for a held lock is its holder).  The
-parent kills that worker; SEM_UNDO hands the lock back; the wait goes on.
-Workers wait without a bound: the parent is the one that breaks a stall.
+* A blocked wait that a signal interrupts is not a failure; it is retried,
+  as ``binary_sems.c`` retries on EINTR.  The locks are not re-entrant and
+  must never be taken in a signal handler.
+* **Bounded waits.**  A holder that is stopped (SIGSTOP, a debugger) rather
+  than killed keeps the lock, and everybody waiting for it waits too.  The
+  parent must never wait forever: it sets ``patience`` on its handles, waits
+  at most that long, then calls ``on_stuck`` with the holder's pid (``holder``:
+  the semaphore's last pid on System V, the recorded pid on POSIX).  The
+  parent kills that worker and gives its locks back (SEM_UNDO does it on
+  System V; the parent itself on POSIX, ``reclaim_from``); the wait goes on.
+  Workers wait without a bound: the parent is the one that breaks a stall.
 """
 
 from __future__ import annotations
 
-import ctypes
-import errno
-import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
-
-import sysv_ipc
-
-from syscalls import faults
-
-
-def _sysv_error(code: int) -> BaseException:
-    """What sysv_ipc raises when semop fails with ``code`` (for syscalls.faults)."""
-    if code == errno.EINTR:
-        return sysv_ipc.Error("Signaled while waiting")
-    if code in (errno.EIDRM, errno.EINVAL):
-        return sysv_ipc.ExistentialError(f"the semaphore is gone ({os.strerror(code)})")
-    if code == errno.EACCES:
-        return sysv_ipc.PermissionsError("permission denied")
-    return sysv_ipc.Error(os.strerror(code))
-
-
-def _interrupted(exc: sysv_ipc.Error) -> bool:
-    """sysv_ipc reports EINTR as its base Error with this text, and nothing else so."""
-    return type(exc) is sysv_ipc.Error and str(exc).startswith("Signaled")
-
-
-_semget = faults.wrap("semget", sysv_ipc.Semaphore, _sysv_error)
-
-
-class _Sembuf(ctypes.Structure):
-    _fields_ = (("sem_num", ctypes.c_ushort), ("sem_op", ctypes.c_short), ("sem_flg", ctypes.c_short))
-
-
-class _Timespec(ctypes.Structure):
-    _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_SEM_UNDO = 0x1000  # <sys/sem.h>
-
-
-def _semtimedop(semid: int, op: _Sembuf, limit: _Timespec) -> int:
-    """semtimedop(2): 0, or the errno it failed with."""
-    try:
-        faults.check("semop")
-    except OSError as exc:  # an injected failure takes the same path as a real one (EINTR: retried)
-        return exc.errno or errno.EIO
-    if _libc.semtimedop(semid, ctypes.byref(op), 1, ctypes.byref(limit)) == 0:
-        return 0
-    return ctypes.get_errno()
-
-
-def _timed_p(semid: int, seconds: float) -> bool:
-    """semop P with SEM_UNDO that gives up after ``seconds``; False on time-out."""
-    op = _Sembuf(0, -1, _SEM_UNDO)
-    whole = int(seconds)
-    limit = _Timespec(whole, int((seconds - whole) * 1e9))
-    while True:
-        code = _semtimedop(semid, op, limit)
-        if code == 0:
-            return True
-        if code == errno.EAGAIN:
-            return False
-        if code != errno.EINTR:  # EINTR: a signal came (SIGCHLD); wait again
-            raise _sysv_error(code)
 
 
 class TableLock(Protocol):
@@ -135,101 +73,77 @@ class HeldByBlock:
 
 
 class BinaryLock(HeldByBlock):
-    """A mutex backed by one System V semaphore."""
+    """A mutex on one semaphore; ``shm.sysv`` and ``shm.posix`` say how P and V are made."""
 
-    def __init__(self, semaphore: sysv_ipc.Semaphore) -> None:
-        semaphore.undo = True
-        semaphore.block = True
-        self._sem = semaphore
-        # semop, through the fault-injection wrapper (the bound methods themselves
-        # unless a test set SHMCHAT_FAULTS).
-        self._acquire = faults.wrap("semop", semaphore.acquire, _sysv_error)
-        self._release = faults.wrap("semop", semaphore.release, _sysv_error)
+    def __init__(self) -> None:
         #: Seconds to wait before calling ``on_stuck`` (None: wait for ever).
         self.patience: float | None = None
-        #: Called with the holder's pid when ``patience`` runs out.
+        #: Called with the holder's pid (0 if unknown) when ``patience`` runs out.
         self.on_stuck: Callable[[int], None] | None = None
 
-    # The four verbs ------------------------------------------------------
+    # -- what each API provides ----------------------------------------------
 
-    @classmethod
-    def create_available(cls, key: int, mode: int = 0o600) -> BinaryLock:
-        """Create a new semaphore whose lock is free (value 1)."""
-        return cls(_semget(key, sysv_ipc.IPC_CREX, mode=mode, initial_value=1))  # semget(2) + semctl SETVAL
-
-    @classmethod
-    def create_in_use(cls, key: int, mode: int = 0o600) -> BinaryLock:
-        """Create a new semaphore whose lock is already held (value 0)."""
-        return cls(_semget(key, sysv_ipc.IPC_CREX, mode=mode, initial_value=0))
-
-    def reserve(self) -> None:
-        """Take the lock (semop P, SEM_UNDO); retried after signals."""
-        if self.patience is not None:
-            self._reserve_patiently(self.patience)
-            return
-        while True:
-            try:
-                self._acquire()
-                return
-            except sysv_ipc.Error as exc:
-                if not _interrupted(exc):
-                    raise
-                # "Signaled while waiting": EINTR.  Nothing was taken; wait again.
+    def acquire(self) -> None:
+        """P, waiting as long as it takes (retried after signals)."""
+        raise NotImplementedError
 
     def reserve_within(self, seconds: float) -> bool:
-        """Take the lock if it comes free within ``seconds`` (semtimedop); False if not.
-
-        The wait sleeps in the kernel: no polling, however long it is.
-        """
-        return _timed_p(self._sem.id, seconds)
-
-    def _reserve_patiently(self, patience: float) -> None:
-        while not self.reserve_within(patience):
-            holder = self._sem.last_pid  # semctl GETPID: for a held lock, its holder
-            if self.on_stuck is not None and self._sem.value == 0:
-                self.on_stuck(holder)  # kills the holder: SEM_UNDO hands the lock back
-
-    def release(self) -> None:
-        """Give the lock back (semop V, SEM_UNDO)."""
-        while True:
-            try:
-                self._release()
-                return
-            except sysv_ipc.Error as exc:
-                if not _interrupted(exc):
-                    raise
-                # EINTR: nothing was given back yet; try again.
-
-    # Conveniences ---------------------------------------------------------
-
-    @classmethod
-    def attach(cls, key: int) -> BinaryLock:
-        """Open an existing semaphore by key (for the inspector and tests)."""
-        return cls(sysv_ipc.Semaphore(key))
+        """P if the lock comes free within ``seconds``; False if not.  Sleeps in the kernel."""
+        raise NotImplementedError
 
     def try_reserve(self) -> bool:
-        """Take the lock if it is free right now; never waits."""
-        self._sem.block = False
-        try:
-            self._sem.acquire()
-            return True
-        except sysv_ipc.BusyError:
-            return False
-        finally:
-            self._sem.block = True
+        """P if the lock is free right now; never waits."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """V (retried after signals)."""
+        raise NotImplementedError
+
+    def holder(self) -> int:
+        """The pid holding the lock as far as this API can tell, 0 if unknown."""
+        raise NotImplementedError
+
+    def keep_holder_in(self, header: memoryview) -> None:
+        """Record the holder's pid in this segment header after each P (``layout.LOCK_HOLDER``).
+
+        Only a lock without undo needs to (``shm.posix``); on System V the
+        kernel keeps the last pid and gives a dead holder's lock back itself.
+        """
+
+    def reclaim_from(self, dead: int, before_v: Callable[[], None] | None = None) -> bool:
+        """Give back the lock if the dead process ``dead`` held it; True if this did.
+
+        Only the parent calls it, for a worker it knows to be dead; ``before_v``
+        runs just before the V (to trace it before the next holder can take
+        the lock).  System V never needs to (SEM_UNDO did it when the process
+        died).
+        """
+        raise NotImplementedError
 
     @property
     def value(self) -> int:
         """1 when free, 0 when held.  For display only: it may change at once."""
-        return self._sem.value
+        raise NotImplementedError
 
     @property
-    def id(self) -> int:
-        return self._sem.id
+    def label(self) -> str:
+        """How ``ipcs`` or ``ls /dev/shm`` names the semaphore, for messages."""
+        raise NotImplementedError
 
-    @property
-    def key(self) -> int:
-        return self._sem.key
+    def close(self) -> None:
+        """Let go of this process's handle (the semaphore stays)."""
 
     def remove(self) -> None:
-        self._sem.remove()
+        """Remove the semaphore from the system (the creator, at the end)."""
+        raise NotImplementedError
+
+    # -- shared ------------------------------------------------------------------
+
+    def reserve(self) -> None:
+        """Take the lock; with ``patience`` set, call ``on_stuck`` each time it runs out."""
+        if self.patience is None:
+            self.acquire()
+            return
+        while not self.reserve_within(self.patience):
+            if self.on_stuck is not None and self.value == 0:
+                self.on_stuck(self.holder())

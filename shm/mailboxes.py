@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, NamedTuple
 
-import sysv_ipc
-
 from shm import layout
 from shm.layout import (
     MAILBOX_FIELDS,
@@ -140,7 +138,7 @@ def _decode_records(data: bytes) -> list[Record]:
 class MessageTable:
     """The mailboxes of every slot in the messages segment."""
 
-    def __init__(self, segment: sysv_ipc.SharedMemory, lock: TableLock) -> None:
+    def __init__(self, segment: memoryview, lock: TableLock) -> None:
         self._view = memoryview(segment)
         self.lock = lock
         self.capacity = SEGMENT_HEADER.unpack_from(self._view, 0)[2]
@@ -151,12 +149,12 @@ class MessageTable:
         self.tracer: Any = None  # a shm.trace.TraceWriter when traced (ServerIpc.tracer_for)
 
     @staticmethod
-    def format(segment: sysv_ipc.SharedMemory, max_clients: int, server_pid: int) -> None:
+    def format(segment: memoryview, max_clients: int, server_pid: int) -> None:
         """Write the header of a freshly created (zero-filled) segment."""
         header = SEGMENT_HEADER.pack(
             layout.SEGMENT_MAGIC, layout.LAYOUT_VERSION, max_clients, server_pid, time.time(), 0
         )
-        segment.write(header, 0)
+        segment[: len(header)] = header
 
     def release(self) -> None:
         self._view.release()

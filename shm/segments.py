@@ -1,37 +1,35 @@
-"""Creating, attaching, finding and removing one server's System V objects.
+"""Creating, attaching and removing one server's objects, on either IPC API.
 
 The creator is the destroyer (TLPI's rule): the server parent creates the
 three segments and two semaphores (and, with ``--trace``, the trace segment)
 before its first fork and removes them when it stops.  Workers inherit the
-attachments through ``fork``.  A server killed with SIGKILL cannot clean
-up, so ``create`` first looks for objects with the same keys and removes
-them when nobody is using them any more; ``python -m shm cleanup`` does the
-same for every port.
+attachments (or mappings) through ``fork``.  A server killed with SIGKILL
+cannot clean up, so ``create`` first looks for objects of the same port and
+removes them when nobody is using them any more (``shm.discovery``);
+``python -m shm cleanup`` does the same for every port.
 
-A segment is *stale* when no process is attached to it or when the server
-pid written in its header is no longer alive.  Workers die with their parent
-(they ask the kernel for SIGKILL on parent death, with prctl PR_SET_PDEATHSIG),
-so a killed server's segments quickly drop to zero attachments.
+Which API makes the objects (``--ipc sysv``, the default, or ``--ipc
+posix``) is the ``api`` argument; ``shm.backend`` names the module that does
+it.  Everything above this module is the same on both.
+
+Workers die with their parent (they ask the kernel for SIGKILL on parent
+death, with prctl PR_SET_PDEATHSIG), so a killed server's segments quickly
+drop to zero attachments.
 """
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import logging
 import os
-from dataclasses import dataclass
-
-import sysv_ipc
 
 from shm import layout
+from shm.backend import APIS, MISSING, Region, backend
 from shm.directory import Directory
+from shm.discovery import list_objects, live_server_pid, remove_stale
 from shm.layout import IpcObject
 from shm.locks import BinaryLock, TableLock
 from shm.mailboxes import MessageTable
 from shm.trace import TracedLock, TraceTable, TraceWriter, forget_writer_after_fork, format_segment
-from syscalls import faults
-from syscalls.processes import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -40,112 +38,8 @@ class IpcInUse(Exception):
     """Another live server owns the objects for this port."""
 
 
-@dataclass(frozen=True)
-class IpcEntry:
-    """One System V object as ``/proc/sysvipc`` lists it."""
-
-    kind: str  # "shm" or "sem"
-    key: int
-    id: int
-    port: int
-    obj: IpcObject
-    uid: int
-    size: int = 0  # bytes for a segment, semaphores for a set
-    creator_pid: int = 0
-    attached: int = 0
-
-
-def list_objects(port: int | None = None) -> list[IpcEntry]:
-    """Every shmchat object on this machine (optionally for one port)."""
-    entries = []
-    for kind, path in (("shm", "/proc/sysvipc/shm"), ("sem", "/proc/sysvipc/sem")):
-        with open(path) as table:
-            columns = table.readline().split()
-            for line in table:
-                row = dict(zip(columns, line.split(), strict=False))
-                parsed = layout.split_key(int(row["key"]))
-                if parsed is None or (port is not None and parsed[0] != port):
-                    continue
-                if kind == "shm":
-                    extra = {
-                        "size": int(row["size"]),
-                        "creator_pid": int(row["cpid"]),
-                        "attached": int(row["nattch"]),
-                    }
-                else:
-                    extra = {"size": int(row["nsems"])}
-                ident = int(row["shmid" if kind == "shm" else "semid"])
-                entries.append(
-                    IpcEntry(kind, int(row["key"]), ident, parsed[0], parsed[1], int(row["uid"]), **extra)
-                )
-    return sorted(entries, key=lambda e: (e.port, e.obj))
-
-
-def _server_pid(entry: IpcEntry) -> int:
-    """The server pid recorded in a segment's header (0 if unreadable)."""
-    try:
-        segment = sysv_ipc.SharedMemory(entry.key)
-    except sysv_ipc.Error:
-        return 0
-    try:
-        raw = segment.read(layout.SEGMENT_HEADER.size, 0)
-    finally:
-        segment.detach()
-    magic, _version, _count, pid, _created, _epoch = layout.SEGMENT_HEADER.unpack(raw)
-    return pid if magic == layout.SEGMENT_MAGIC else 0
-
-
-def live_server_pid(port: int) -> int | None:
-    """The pid of a live server using ``port``'s objects, if there is one."""
-    for entry in list_objects(port):
-        if entry.kind == "shm" and entry.attached > 0:
-            pid = _server_pid(entry)
-            if pid_alive(pid):
-                return pid
-    return None
-
-
-def remove_stale(port: int | None = None) -> list[IpcEntry]:
-    """Remove every object whose server is gone; return what was removed."""
-    entries = list_objects(port)
-    live_ports = {p for p in {e.port for e in entries} if live_server_pid(p) is not None}
-    removed = []
-    for entry in entries:
-        if entry.port in live_ports or entry.uid != os.geteuid():
-            continue
-        try:
-            if entry.kind == "shm":
-                sysv_ipc.remove_shared_memory(entry.id)
-            else:
-                sysv_ipc.remove_semaphore(entry.id)
-        except sysv_ipc.ExistentialError:
-            continue  # someone else removed it first
-        removed.append(entry)
-    return removed
-
-
-def create_segment(key: int, size: int, mode: int = 0o600) -> sysv_ipc.SharedMemory:
-    """Create a zero-filled segment without touching its pages.
-
-    ``sysv_ipc.SharedMemory`` fills a new segment byte by byte with its
-    ``init_character``, which makes every page resident in the creator at
-    once (64 MiB of mailboxes at 256 clients).  The kernel already hands out
-    new segments zero-filled, page by page as they are first used, so the
-    segment is created with ``shmget`` directly and then attached.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.shmget.argtypes = (ctypes.c_int, ctypes.c_size_t, ctypes.c_int)
-    faults.check("shmget")
-    if libc.shmget(key, size, sysv_ipc.IPC_CREX | mode) < 0:  # shmget(2): the segment is created here
-        code = ctypes.get_errno()
-        if code == errno.EEXIST:
-            raise sysv_ipc.ExistentialError(f"a segment with key 0x{key:08x} already exists")
-        raise OSError(code, f"shmget(0x{key:08x}, {size}): {os.strerror(code)}")
-    return sysv_ipc.SharedMemory(key)
-
-
 class ServerIpc:
-    """The five objects of one server: three segments and two locks.
+    """The five objects of one server: three regions and two locks.
 
     ``directory`` (client and group tables) and ``messages`` (the mailboxes)
     are the tables built on them.  A traced server has a sixth object, the
@@ -157,20 +51,24 @@ class ServerIpc:
     def __init__(
         self,
         port: int,
-        segments: dict[IpcObject, sysv_ipc.SharedMemory],
+        api: str,
+        regions: dict[IpcObject, Region],
         locks: dict[IpcObject, BinaryLock],
         owner: bool,
     ) -> None:
         self.port = port
-        self.segments = segments
+        self.api = api
+        self.regions = regions
         self.locks = locks
         self.owner = owner
+        for obj, lock in locks.items():
+            lock.keep_holder_in(regions[layout.LOCK_HOME[obj]].view)
         self.trace: TraceTable | None = None
         # The tables take any TableLock: the plain locks, or traced ones wrapping them.
         directory_lock: TableLock = locks[IpcObject.DIRECTORY_SEMAPHORE]
         messages_lock: TableLock = locks[IpcObject.MESSAGES_SEMAPHORE]
-        if IpcObject.TRACE_SEGMENT in segments:
-            self.trace = TraceTable(segments[IpcObject.TRACE_SEGMENT])
+        if IpcObject.TRACE_SEGMENT in regions:
+            self.trace = TraceTable(regions[IpcObject.TRACE_SEGMENT].view)
             directory_lock = TracedLock(
                 locks[IpcObject.DIRECTORY_SEMAPHORE], IpcObject.DIRECTORY_SEMAPHORE, self.trace
             )
@@ -179,11 +77,11 @@ class ServerIpc:
             )
             forget_writer_after_fork(self, ServerIpc._forget_writer)
         self.directory = Directory(
-            segments[IpcObject.CLIENTS_SEGMENT],
-            segments[IpcObject.GROUPS_SEGMENT],
+            regions[IpcObject.CLIENTS_SEGMENT].view,
+            regions[IpcObject.GROUPS_SEGMENT].view,
             directory_lock,
         )
-        self.messages = MessageTable(segments[IpcObject.MESSAGES_SEGMENT], messages_lock)
+        self.messages = MessageTable(regions[IpcObject.MESSAGES_SEGMENT].view, messages_lock)
         self._closed = False
 
     def tracer_for(self, ring: int, client_id: int | None = None) -> TraceWriter | None:
@@ -218,14 +116,16 @@ class ServerIpc:
         mailbox_bytes: int = layout.DEFAULT_MAILBOX_BYTES,
         trace: bool = False,
         trace_records: int = layout.TRACE_RECORDS_PER_RING,
+        api: str = APIS[0],
     ) -> ServerIpc:
-        """Create a server's objects, reclaiming a dead server's first.
+        """Create a server's objects with ``api`` ("sysv" or "posix"), reclaiming a dead server's first.
 
         With ``trace`` also the trace segment: one ring of ``trace_records``
         events for the parent and one per client slot.  Without it exactly
         the three segments and two semaphores, as always (a trace segment a
         dead traced server left behind is reclaimed with the rest).
         """
+        ipc = backend(api)
         if not 1 <= max_clients <= layout.MAX_CLIENTS_LIMIT:
             raise ValueError(f"max clients must be 1..{layout.MAX_CLIENTS_LIMIT}")
         if mailbox_bytes < layout.RECORD_HEADER_SIZE + layout.MAX_RECORD_PAYLOAD:
@@ -233,12 +133,13 @@ class ServerIpc:
         pid = live_server_pid(port)
         if pid is not None:
             raise IpcInUse(f"server pid {pid} still uses the IPC objects of port {port}")
-        for entry in remove_stale(port):
+        removed = remove_stale(port)
+        if removed:  # one line, however many objects the dead server left
             log.warning(
-                "removed stale %s id %d (key 0x%08x) left by a server that died",
-                entry.kind,
-                entry.id,
-                entry.key,
+                "removed stale IPC objects of port %d, left by a server that died (%d): %s",
+                port,
+                len(removed),
+                ", ".join(e.label for e in removed),
             )
         sizes = {
             IpcObject.CLIENTS_SEGMENT: layout.clients_segment_size(max_clients),
@@ -247,51 +148,59 @@ class ServerIpc:
         }
         if trace:
             sizes[IpcObject.TRACE_SEGMENT] = layout.trace_segment_size(max_clients, trace_records)
-        segments: dict[IpcObject, sysv_ipc.SharedMemory] = {}
+        regions: dict[IpcObject, Region] = {}
         locks: dict[IpcObject, BinaryLock] = {}
         try:
             for obj, size in sizes.items():
-                segments[obj] = create_segment(layout.ipc_key(port, obj), size)
+                regions[obj] = ipc.create_region(port, obj, size)
             for obj in layout.SEMAPHORES:
-                locks[obj] = BinaryLock.create_available(layout.ipc_key(port, obj))
+                locks[obj] = ipc.create_lock(port, obj)
         except BaseException:
-            _destroy(segments, locks)
+            _destroy(regions, locks)
             raise
         me = os.getpid()
         Directory.format(
-            segments[IpcObject.CLIENTS_SEGMENT],
-            segments[IpcObject.GROUPS_SEGMENT],
+            regions[IpcObject.CLIENTS_SEGMENT].view,
+            regions[IpcObject.GROUPS_SEGMENT].view,
             max_clients,
             max_groups,
             me,
         )
-        MessageTable.format(segments[IpcObject.MESSAGES_SEGMENT], max_clients, me)
+        MessageTable.format(regions[IpcObject.MESSAGES_SEGMENT].view, max_clients, me)
         if trace:
             format_segment(
-                segments[IpcObject.TRACE_SEGMENT], layout.trace_rings(max_clients), trace_records, me
+                regions[IpcObject.TRACE_SEGMENT].view, layout.trace_rings(max_clients), trace_records, me
             )
-        return cls(port, segments, locks, owner=True)
+        return cls(port, api, regions, locks, owner=True)
 
     @classmethod
     def attach(cls, port: int) -> ServerIpc:
         """Attach to a running server's objects (tests), its trace segment too if it has one."""
-        segments = {obj: sysv_ipc.SharedMemory(layout.ipc_key(port, obj)) for obj in layout.SEGMENTS}
+        apis = {e.api for e in list_objects(port) if e.obj is IpcObject.CLIENTS_SEGMENT}
+        if len(apis) != 1:
+            raise ValueError(f"no one shmchat server's objects on port {port}")
+        api = apis.pop()
+        ipc = backend(api)
+        regions: dict[IpcObject, Region] = {}
         try:
-            segments[IpcObject.TRACE_SEGMENT] = sysv_ipc.SharedMemory(
-                layout.ipc_key(port, IpcObject.TRACE_SEGMENT)
-            )
-        except sysv_ipc.ExistentialError:
-            pass  # an untraced server
-        for obj, segment in segments.items():
-            magic, version, *_ = layout.SEGMENT_HEADER.unpack(segment.read(layout.SEGMENT_HEADER.size, 0))
-            if magic != layout.SEGMENT_MAGIC or version != layout.LAYOUT_VERSION:
-                for seg in segments.values():
-                    seg.detach()
-                raise ValueError(
-                    f"segment {obj.name} of port {port} is not a shmchat v{layout.LAYOUT_VERSION} segment"
-                )
-        locks = {obj: BinaryLock.attach(layout.ipc_key(port, obj)) for obj in layout.SEMAPHORES}
-        return cls(port, segments, locks, owner=False)
+            for obj in (*layout.SEGMENTS, IpcObject.TRACE_SEGMENT):
+                try:
+                    regions[obj] = ipc.attach_region(port, obj)
+                except MISSING:
+                    if obj is not IpcObject.TRACE_SEGMENT:  # an untraced server has none
+                        raise
+            for obj, region in regions.items():
+                magic, version, *_ = layout.SEGMENT_HEADER.unpack_from(region.view, 0)
+                if magic != layout.SEGMENT_MAGIC or version != layout.LAYOUT_VERSION:
+                    raise ValueError(
+                        f"segment {obj.name} of port {port} is not a shmchat v{layout.LAYOUT_VERSION} segment"
+                    )
+        except BaseException:
+            for region in regions.values():
+                region.close()
+            raise
+        locks = {obj: ipc.attach_lock(port, obj) for obj in layout.SEMAPHORES}
+        return cls(port, api, regions, locks, owner=False)
 
     def close(self) -> None:
         """Detach; the owner also removes every object.  Safe to call twice."""
@@ -303,10 +212,9 @@ class ServerIpc:
         if self.trace is not None:
             self.trace.release()
         if self.owner:
-            _destroy(self.segments, self.locks)
+            _destroy(self.regions, self.locks)
         else:
-            for segment in self.segments.values():
-                segment.detach()
+            _detach(self.regions, self.locks)
 
     def __enter__(self) -> ServerIpc:
         return self
@@ -315,18 +223,18 @@ class ServerIpc:
         self.close()
 
 
-def _destroy(segments: dict, locks: dict) -> None:
-    for segment in segments.values():
-        try:
-            segment.remove()
-        except sysv_ipc.ExistentialError:
-            pass
-        try:
-            segment.detach()
-        except sysv_ipc.Error:
-            pass
+def _detach(regions: dict[IpcObject, Region], locks: dict[IpcObject, BinaryLock]) -> None:
+    """Let go of this process's handles; the objects stay."""
     for lock in locks.values():
-        try:
-            lock.remove()
-        except sysv_ipc.ExistentialError:
-            pass
+        lock.close()
+    for region in regions.values():
+        region.close()
+
+
+def _destroy(regions: dict[IpcObject, Region], locks: dict[IpcObject, BinaryLock]) -> None:
+    """Remove every object (the creator, at the end), then let go of the handles."""
+    for region in regions.values():
+        region.remove()
+    for lock in locks.values():
+        lock.remove()
+    _detach(regions, locks)

@@ -31,11 +31,12 @@ from dataclasses import dataclass, field
 import sysv_ipc
 
 from shm import layout
+from shm.backend import MISSING, Region, backend
 from shm.directory import ClientInfo, Directory, GroupInfo
+from shm.discovery import SHM_DIR, IpcEntry, list_objects
 from shm.layout import IpcObject
 from shm.locks import BinaryLock, HeldByBlock
 from shm.mailboxes import MailboxStats, MessageTable
-from shm.segments import IpcEntry, list_objects
 from syscalls.processes import process_state
 
 #: How long a table lock may stay busy before the table is reported as locked.
@@ -80,16 +81,22 @@ class PatientLock(HeldByBlock):
 
 @dataclass
 class SemaphoreView:
-    """One table lock as ``semctl`` reports it, read before any lock is taken."""
+    """One table lock as ``semctl`` (System V) or ``sem_getvalue`` and the header (POSIX) report it.
+
+    Read before any lock is taken.  A POSIX semaphore tells only its value:
+    ``waiting`` is -1 (unknown), ``last_pid`` is the holder recorded in the
+    segment header (0 when free), ``changed_at`` the file's modification time.
+    """
 
     obj: IpcObject
     key: int
     id: int
     value: int
-    waiting: int  # processes blocked waiting to take it
+    waiting: int  # processes blocked waiting to take it (-1: POSIX cannot tell)
     last_pid: int
     changed_at: float
     mode: int
+    name: str = ""  # POSIX name
     #: With --watch, the last process before this inspector's own reads.
     earlier_pid: int = 0
     earlier_at: float = 0.0
@@ -109,7 +116,7 @@ class Snapshot:
     server_started: float
     server_state: str | None  # from /proc, None if the pid is gone
     objects: list[IpcEntry]
-    modes: dict[int, int]  # IPC id -> permission bits
+    modes: dict[int | str, int]  # IPC id (System V) or name (POSIX) -> permission bits
     semaphores: list[SemaphoreView]
     capacity: int
     group_capacity: int
@@ -120,6 +127,7 @@ class Snapshot:
     mailboxes: list[MailboxStats] | None = None
     messages_error: str | None = None
     processes: dict[int, str | None] = field(default_factory=dict)  # pid -> state letter
+    api: str = "sysv"
 
     def mailbox_of(self, client: ClientInfo) -> MailboxStats | None:
         """The client's own mailbox, not one left open by the slot's previous owner."""
@@ -147,17 +155,37 @@ class Snapshot:
         return "other process"
 
 
-def _read_header(segment: sysv_ipc.SharedMemory) -> tuple:
-    raw = segment.read(layout.SEGMENT_HEADER_SIZE, 0)
-    fields = layout.SEGMENT_HEADER.unpack_from(raw, 0)
+def _read_header(view: memoryview) -> tuple:
+    fields = layout.SEGMENT_HEADER.unpack_from(view, 0)
     if fields[0] != layout.SEGMENT_MAGIC or fields[1] != layout.LAYOUT_VERSION:
         raise NotRunning(f"a segment is not a shmchat v{layout.LAYOUT_VERSION} segment")
     return fields
 
 
+def _sysv_semaphore(obj: IpcObject, entry: IpcEntry) -> SemaphoreView:
+    sem = sysv_ipc.Semaphore(entry.key)
+    return SemaphoreView(
+        obj, sem.key, sem.id, sem.value, sem.waiting_for_nonzero, sem.last_pid, sem.o_time, sem.mode
+    )
+
+
+def _posix_semaphore(obj: IpcObject, entry: IpcEntry, headers: dict[IpcObject, memoryview]) -> SemaphoreView:
+    lock = backend("posix").attach_lock(entry.port, obj)
+    try:
+        value = lock.value
+    finally:
+        lock.close()
+    holder = layout.LOCK_HOLDER.unpack_from(headers[layout.LOCK_HOME[obj]], layout.LOCK_HOLDER_OFFSET)[0]
+    info = os.stat(f"{SHM_DIR}/sem.{entry.name.lstrip('/')}")
+    return SemaphoreView(obj, 0, 0, value, -1, holder, info.st_mtime, info.st_mode & 0o777, entry.name)
+
+
 def take_snapshot(port: int, patience: float = LOCK_PATIENCE, peek: int = PEEK_RECORDS) -> Snapshot:
     """Read everything there is to show about the server on ``port``."""
     objects = list_objects(port)
+    apis = {e.api for e in objects}
+    api = "posix" if apis == {"posix"} else "sysv"
+    objects = [e for e in objects if e.api == api]
     segments = {e.obj: e for e in objects if e.kind == "shm"}
     sems = {e.obj: e for e in objects if e.kind == "sem"}
     missing = [o.name for o in (*layout.SEGMENTS, *layout.SEMAPHORES) if o not in segments and o not in sems]
@@ -165,64 +193,59 @@ def take_snapshot(port: int, patience: float = LOCK_PATIENCE, peek: int = PEEK_R
         first = layout.ipc_key(port, IpcObject.CLIENTS_SEGMENT)
         raise NotRunning(
             f"no shmchat server on port {port}: no IPC objects with keys 0x{first:08x}..0x{first + 4:08x}"
+            f" or names /shmchat-{port}-*"
             if len(missing) == 5
             else f"the server on port {port} is incomplete or going away (missing {', '.join(missing)})"
         )
+    ipc = backend(api)
+    attached: dict[IpcObject, Region] = {}
     try:
-        # The semaphores first: taking the locks below would make us their last user.
-        views = []
-        modes = {}
-        for obj in layout.SEMAPHORES:
-            sem = sysv_ipc.Semaphore(sems[obj].key)
-            views.append(
-                SemaphoreView(
-                    obj,
-                    sem.key,
-                    sem.id,
-                    sem.value,
-                    sem.waiting_for_nonzero,
-                    sem.last_pid,
-                    sem.o_time,
-                    sem.mode,
-                )
-            )
-            modes[sem.id] = sem.mode
-        attached: dict[IpcObject, sysv_ipc.SharedMemory] = {}
         try:
             for obj in layout.SEGMENTS:
-                attached[obj] = sysv_ipc.attach(segments[obj].id, None, sysv_ipc.SHM_RDONLY)
-                modes[segments[obj].id] = attached[obj].mode
-            return _read_tables(port, objects, modes, views, attached, patience, peek)
+                attached[obj] = ipc.open_readonly(segments[obj].ident)
+            # The semaphores before any lock is taken: taking one would make us its last user.
+            if api == "sysv":
+                views = [_sysv_semaphore(obj, sems[obj]) for obj in layout.SEMAPHORES]
+            else:
+                headers = {obj: region.view for obj, region in attached.items()}
+                views = [_posix_semaphore(obj, sems[obj], headers) for obj in layout.SEMAPHORES]
+            modes: dict[int | str, int] = {segments[obj].ident: attached[obj].mode for obj in layout.SEGMENTS}
+            for view in views:
+                modes[view.name or view.id] = view.mode
+            return _read_tables(port, api, objects, modes, views, attached, patience, peek)
         finally:
-            for segment in attached.values():
-                segment.detach()
-    except sysv_ipc.ExistentialError as exc:
+            for region in attached.values():
+                region.close()
+    except (*MISSING, FileNotFoundError) as exc:
         raise NotRunning(f"the server on port {port} went away while it was being read ({exc})") from None
 
 
 def _read_tables(
     port: int,
+    api: str,
     objects: list[IpcEntry],
-    modes: dict[int, int],
+    modes: dict[int | str, int],
     semaphores: list[SemaphoreView],
-    attached: dict[IpcObject, sysv_ipc.SharedMemory],
+    attached: dict[IpcObject, Region],
     patience: float,
     peek: int,
 ) -> Snapshot:
-    header = _read_header(attached[IpcObject.CLIENTS_SEGMENT])
+    header = _read_header(attached[IpcObject.CLIENTS_SEGMENT].view)
     for obj in (IpcObject.MESSAGES_SEGMENT, IpcObject.GROUPS_SEGMENT):
-        _read_header(attached[obj])
+        _read_header(attached[obj].view)
     server_pid, started = header[3], header[4]
-    locks = {
-        obj: PatientLock(BinaryLock.attach(layout.ipc_key(port, obj)), patience) for obj in layout.SEMAPHORES
-    }
+    ipc = backend(api)
+    plain = {obj: ipc.attach_lock(port, obj) for obj in layout.SEMAPHORES}
+    locks = {obj: PatientLock(lock, patience) for obj, lock in plain.items()}
     directory = Directory(
-        attached[IpcObject.CLIENTS_SEGMENT],
-        attached[IpcObject.GROUPS_SEGMENT],
+        attached[IpcObject.CLIENTS_SEGMENT].view,
+        attached[IpcObject.GROUPS_SEGMENT].view,
         locks[IpcObject.DIRECTORY_SEMAPHORE],  # a TableLock: the inspector's reads only call .held()
     )
     try:
-        messages = MessageTable(attached[IpcObject.MESSAGES_SEGMENT], locks[IpcObject.MESSAGES_SEMAPHORE])
+        messages = MessageTable(
+            attached[IpcObject.MESSAGES_SEGMENT].view, locks[IpcObject.MESSAGES_SEMAPHORE]
+        )
     except BaseException:
         directory.release()
         raise
@@ -238,6 +261,7 @@ def _read_tables(
         capacity=directory.capacity,
         group_capacity=directory.group_capacity,
         mailbox_bytes=messages.mailbox_bytes,
+        api=api,
     )
     try:
         try:
@@ -253,6 +277,8 @@ def _read_tables(
     finally:
         directory.release()
         messages.release()
+        for lock in plain.values():
+            lock.close()
     for client in snap.clients or []:
         if client.online and client.pid:
             snap.processes[client.pid] = process_state(client.pid)

@@ -47,8 +47,6 @@ import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
-import sysv_ipc
-
 from shm import layout
 from shm.layout import (
     SEGMENT_HEADER,
@@ -71,13 +69,13 @@ Owner = TypeVar("Owner")
 _ZERO_SEQ = bytes(TRACE_SEQ.size)
 
 
-def format_segment(segment: sysv_ipc.SharedMemory, rings: int, records: int, server_pid: int) -> None:
+def format_segment(segment: memoryview, rings: int, records: int, server_pid: int) -> None:
     """Write the header and the ring headers of a fresh (zero-filled) trace segment."""
-    segment.write(
-        SEGMENT_HEADER.pack(layout.SEGMENT_MAGIC, layout.LAYOUT_VERSION, rings, server_pid, time.time(), 0), 0
+    SEGMENT_HEADER.pack_into(
+        segment, 0, layout.SEGMENT_MAGIC, layout.LAYOUT_VERSION, rings, server_pid, time.time(), 0
     )
     for ring in range(rings):
-        segment.write(TRACE_RING_HEADER.pack(0, 0, records), layout.trace_ring_offset(ring, records))
+        TRACE_RING_HEADER.pack_into(segment, layout.trace_ring_offset(ring, records), 0, 0, records)
 
 
 class TraceTable:
@@ -90,7 +88,7 @@ class TraceTable:
     ``writer`` in every child, see ``os.register_at_fork``).
     """
 
-    def __init__(self, segment: sysv_ipc.SharedMemory) -> None:
+    def __init__(self, segment: memoryview) -> None:
         self._view = memoryview(segment)
         magic, version, self.rings, self.server_pid, _created, _ = SEGMENT_HEADER.unpack_from(self._view, 0)
         if magic != layout.SEGMENT_MAGIC or version != layout.LAYOUT_VERSION:
@@ -231,6 +229,10 @@ class TraceWriter:
     def reap(self, child: int, slot: int, client_id: int, status: int) -> None:
         self._write(TraceEvent.REAP, child=child, to=client_id, slot=slot, status=status)
 
+    def released(self, which: int, child: int) -> None:
+        """POSIX: the parent posted V for a lock the dead worker ``child`` held (no SEM_UNDO)."""
+        self._write(TraceEvent.RELEASED, lock=which, child=child)
+
     # -- any process -------------------------------------------------------------
 
     def lock(self, which: int, waited_us: int) -> None:
@@ -331,12 +333,8 @@ class TracedLock(HeldByBlock):
         self._lock.on_stuck = call
 
     @property
-    def id(self) -> int:
-        return self._lock.id
-
-    @property
-    def key(self) -> int:
-        return self._lock.key
+    def label(self) -> str:
+        return self._lock.label
 
     def remove(self) -> None:
         self._lock.remove()

@@ -23,9 +23,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-import sysv_ipc
-
 from shm import layout
+from shm.backend import IPC_ERRORS, Region, backend
+from shm.discovery import list_objects
 from shm.layout import (
     SEGMENT_HEADER,
     TRACE_RECORD,
@@ -61,6 +61,7 @@ EVENT_FIELDS: dict[TraceEvent, tuple[str, ...]] = {
     TraceEvent.TAKE: ("records", "bytes"),
     TraceEvent.SEND: ("bytes",),
     TraceEvent.UNDO: ("lock",),
+    TraceEvent.RELEASED: ("lock", "child"),
 }
 
 
@@ -115,11 +116,13 @@ class TraceReader:
         self._view = view
         self.rings = rings
         self.records = records
-        self.segment: sysv_ipc.SharedMemory | None = None  # detached by release (open_trace)
+        self.region: Region | None = None  # detached or unmapped by release (open_trace)
+        #: False on a POSIX server: no kernel undo, so none is ever derived (the parent writes RELEASED).
+        self.kernel_undo = True
 
     @classmethod
-    def of_segment(cls, segment: sysv_ipc.SharedMemory) -> TraceReader:
-        """A reader over a segment attached read-only (``SHM_RDONLY``) or not."""
+    def of_segment(cls, segment: memoryview) -> TraceReader:
+        """A reader over a trace segment's bytes (attached or mapped read-only, or not)."""
         view = memoryview(segment)
         rings = SEGMENT_HEADER.unpack_from(view, 0)[2]
         records = TRACE_RING_HEADER.unpack_from(view, layout.trace_ring_offset(0, 0))[2]
@@ -166,9 +169,9 @@ class TraceReader:
 
     def release(self) -> None:
         self._view.release()
-        if self.segment is not None:
-            self.segment.detach()
-            self.segment = None
+        if self.region is not None:
+            self.region.close()
+            self.region = None
 
 
 class UndoTracker:
@@ -182,7 +185,8 @@ class UndoTracker:
     trace has no reap for, just after their last event.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, kernel_undo: bool = True) -> None:
+        self.kernel_undo = kernel_undo  # False on POSIX: a dead holder's lock stays held until RELEASED
         self._held: dict[int, dict[int, TraceRecord]] = {}  # pid -> lock -> its lock event
         self._last: dict[int, TraceRecord] = {}
         self._reaped: set[int] = set()
@@ -196,6 +200,8 @@ class UndoTracker:
                 self._held.setdefault(event.pid, {})[event.lock] = event
             elif event.event is TraceEvent.UNLOCK:
                 self._held.get(event.pid, {}).pop(event.lock, None)
+            elif event.event is TraceEvent.RELEASED:  # POSIX: the parent gave it back, not the kernel
+                self._held.get(event.child, {}).pop(event.lock, None)
             elif event.event is TraceEvent.REAP:
                 self._reaped.add(event.child)
                 out.extend(self._undo(event.child, event.t_ns))
@@ -210,14 +216,18 @@ class UndoTracker:
 
     def _undo(self, pid: int, t_ns: int) -> list[TraceRecord]:
         locks = self._held.pop(pid, {})
+        if not self.kernel_undo:
+            return []
         return [
             taken._replace(seq=0, t_ns=t_ns, event=TraceEvent.UNDO, waited_us=0) for taken in locks.values()
         ]
 
 
-def with_undo(events: Iterable[TraceRecord], alive: Callable[[int], bool] = pid_alive) -> list[TraceRecord]:
-    """The events, oldest first, plus an ``undo`` for every lock SEM_UNDO gave back."""
-    tracker = UndoTracker()
+def with_undo(
+    events: Iterable[TraceRecord], alive: Callable[[int], bool] = pid_alive, kernel_undo: bool = True
+) -> list[TraceRecord]:
+    """The events, oldest first, plus an ``undo`` for every lock SEM_UNDO gave back (System V only)."""
+    tracker = UndoTracker(kernel_undo)
     out = tracker.feed(sorted(events, key=lambda r: (r.t_ns, r.ring, r.seq)))
     out += tracker.finish(alive)
     return sorted(out, key=lambda r: (r.t_ns, r.ring, r.seq))
@@ -228,13 +238,11 @@ class TraceUnavailable(Exception):
 
 
 def open_trace(port: int) -> TraceReader:
-    """A reader over the trace segment of the server on ``port``, attached read-only.
+    """A reader over the trace segment of the server on ``port``, attached or mapped read-only.
 
     ``release()`` the reader to detach.  Raises ``TraceUnavailable`` when the
     port has no server, or a server started without ``--trace``.
     """
-    from shm.segments import list_objects  # not at the top: shm.segments imports this module
-
     objects = {e.obj: e for e in list_objects(port) if e.kind == "shm"}
     if IpcObject.TRACE_SEGMENT not in objects:
         if IpcObject.CLIENTS_SEGMENT in objects:
@@ -243,14 +251,16 @@ def open_trace(port: int) -> TraceReader:
                 f"(start it with: {programs.command('server')} --trace)"
             )
         raise TraceUnavailable(f"no shmchat server on port {port}")
+    entry = objects[IpcObject.TRACE_SEGMENT]
     try:
-        segment = sysv_ipc.attach(objects[IpcObject.TRACE_SEGMENT].id, None, sysv_ipc.SHM_RDONLY)
-    except sysv_ipc.Error as exc:
+        region = backend(entry.api).open_readonly(entry.ident)
+    except (*IPC_ERRORS, OSError) as exc:
         raise TraceUnavailable(f"the trace table of port {port} went away ({exc})") from None
     try:
-        reader = TraceReader.of_segment(segment)
+        reader = TraceReader.of_segment(region.view)
     except BaseException:
-        segment.detach()
+        region.close()
         raise
-    reader.segment = segment
+    reader.region = region
+    reader.kernel_undo = entry.api == "sysv"
     return reader

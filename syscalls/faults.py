@@ -22,6 +22,9 @@ eventfd    ``os.eventfd`` for the doorbells, at start
 shmget     creating a System V segment, at start
 semget     creating a System V semaphore, at start
 semop      taking or giving back a table lock (P or V)
+shm_open   creating a POSIX shared-memory object, at start (--ipc posix)
+sem_open   creating a POSIX named semaphore, at start (--ipc posix)
+sem_wait   taking a POSIX table lock (P; --ipc posix)
 recv       a worker's read from its client's socket
 send       a worker's write to its client's socket
 open       opening a spool file (an upload, or a download's link)
@@ -50,6 +53,9 @@ POINTS = (
     "shmget",
     "semget",
     "semop",
+    "shm_open",
+    "sem_open",
+    "sem_wait",
     "recv",
     "send",
     "open",

@@ -34,6 +34,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-soak", action="store_true", help="run the long soak tests")
 
 
+# -- the IPC API a server runs on ----------------------------------------------------
+
+#: ``--ipc`` values.  A module marked ``pytest.mark.both_ipc_apis`` runs each of its
+#: tests that starts a server once per API (a test marked ``only_ipc_api("sysv")``
+#: on that one only); every other test uses the default.
+IPC_APIS = ("sysv", "posix")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_ipc_apis: run each server test on System V and on POSIX IPC")
+    config.addinivalue_line("markers", "only_ipc_api(api): in a both_ipc_apis module, run on this API only")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("both_ipc_apis") and "ipc_api" in metafunc.fixturenames:
+        only = metafunc.definition.get_closest_marker("only_ipc_api")
+        metafunc.parametrize("ipc_api", only.args if only else IPC_APIS, indirect=True)
+
+
+@pytest.fixture
+def ipc_api(request: pytest.FixtureRequest) -> str:
+    """The ``--ipc`` of the servers this test starts (System V unless parametrised)."""
+    return getattr(request, "param", IPC_APIS[0])
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--run-soak"):
         return
@@ -49,7 +74,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 class IpcObject(NamedTuple):
     """One IPC object on the machine, as the leak check compares it."""
 
-    kind: str  # "shm" or "sem" (System V); each kind in OBJECT_KINDS adds its own
+    kind: str  # "shm" or "sem" (System V), "posix-shm" or "posix-sem" (/dev/shm)
     key: int | str  # the System V key (a POSIX object would give its name)
     ident: int  # the System V id (0 where a kind has none)
     port: int | None  # the shmchat server port the key encodes; None: not shmchat's
@@ -71,6 +96,26 @@ def sysv_listing() -> list[IpcObject]:
     return found
 
 
+def posix_listing() -> list[IpcObject]:
+    """Every shmchat POSIX object in /dev/shm: shared memory, and named semaphores (``sem.`` files).
+
+    The kernel records no creator for these; tables a test makes in-process
+    on POSIX add their port to ``STARTED_PORTS`` (``tablekit.small_tables``).
+    """
+    found = []
+    for name in os.listdir("/dev/shm"):
+        kind, bare = ("posix-sem", name[4:]) if name.startswith("sem.") else ("posix-shm", name)
+        parsed = layout.split_posix_name(bare)
+        if parsed is not None:
+            found.append(IpcObject(kind, name, 0, parsed[0], None))
+    return found
+
+
+def posix_objects() -> set[tuple[str, int, str]]:
+    """(kind, port, name) of every shmchat POSIX object in /dev/shm, for tests that look at one port."""
+    return {(o.kind, o.port, str(o.key)) for o in posix_listing() if o.port is not None}
+
+
 def _port_of(key: int) -> int | None:
     parsed = layout.split_key(key)
     return parsed[0] if parsed else None
@@ -78,8 +123,8 @@ def _port_of(key: int) -> int | None:
 
 #: The kinds of IPC object the leak check compares: one function each that
 #: lists every object of its kind on the machine with the port it belongs to.
-#: Another kind (POSIX names in /dev/shm, say) is one more function here.
-OBJECT_KINDS: list[Callable[[], Iterable[IpcObject]]] = [sysv_listing]
+#: Another kind is one more function here.
+OBJECT_KINDS: list[Callable[[], Iterable[IpcObject]]] = [sysv_listing, posix_listing]
 
 #: Ports of the servers the running test started (emptied as each test begins):
 #: ``ServerProcess`` adds its own; code that starts a server another way adds it.
@@ -224,15 +269,17 @@ class ServerProcess:
 
 
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator:
+def start_server(tmp_path: Path, ipc_api: str) -> Iterator:
     """Factory: ``start_server("--max-clients", "8")`` returns a running ServerProcess.
 
     ``env={"SHMCHAT_FAULTS": ...}`` adds variables to the server's environment.
+    The server runs on ``ipc_api`` unless the arguments name an ``--ipc``.
     """
     servers: list[ServerProcess] = []
 
     def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        server = ServerProcess(*args, spool=tmp_path / f"spool-{len(servers)}", env=env)
+        api = () if "--ipc" in args else ("--ipc", ipc_api)
+        server = ServerProcess(*args, *api, spool=tmp_path / f"spool-{len(servers)}", env=env)
         servers.append(server)
         return server
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from conftest import ROOT, STARTED_PORTS, TIMEOUT, python_env
 
-from shm.segments import list_objects
+from shm.discovery import list_objects
 
 
 def free_port() -> int:
@@ -42,10 +42,10 @@ class Demo:
             XDG_RUNTIME_DIR=str(tmp_path),
         )
 
-    def run(self, command: str) -> subprocess.CompletedProcess:
+    def run(self, command: str, *options: str) -> subprocess.CompletedProcess:
         """``scripts/demo.sh start|stop`` (stdin is not a terminal: start stays detached)."""
         return subprocess.run(
-            ["bash", str(ROOT / "scripts" / "demo.sh"), command, "--port", str(self.port)],
+            ["bash", str(ROOT / "scripts" / "demo.sh"), command, "--port", str(self.port), *options],
             env=self.env,
             capture_output=True,
             text=True,

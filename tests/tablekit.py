@@ -1,13 +1,15 @@
 """Real shared tables for the tests that call table and handler code directly.
 
 No server and no sockets: ``ServerIpc.create`` on a port nobody here uses
-makes the same System V objects a server makes, and ``close`` removes them
+makes the same objects a server makes (System V, or POSIX with ``api``), and ``close`` removes them
 (the ``ipcs_unchanged`` fixture checks it).
 """
 
 from __future__ import annotations
 
 import socket
+
+from conftest import STARTED_PORTS
 
 from shm.directory import ClientInfo
 from shm.layout import RecordKind
@@ -22,9 +24,13 @@ def unused_port() -> int:
         return probe.getsockname()[1]
 
 
-def small_tables(max_clients: int = 4, max_groups: int = 4, mailbox_bytes: int = 80 * 1024) -> ServerIpc:
+def small_tables(
+    max_clients: int = 4, max_groups: int = 4, mailbox_bytes: int = 80 * 1024, api: str = "sysv"
+) -> ServerIpc:
+    port = unused_port()
+    STARTED_PORTS.add(port)  # the leak check judges this port's objects (POSIX names have no creator pid)
     return ServerIpc.create(
-        unused_port(), max_clients=max_clients, max_groups=max_groups, mailbox_bytes=mailbox_bytes
+        port, max_clients=max_clients, max_groups=max_groups, mailbox_bytes=mailbox_bytes, api=api
     )
 
 

@@ -26,6 +26,9 @@ from protocol.commands import (
     parse,
 )
 
+#: Every test here runs on a System V server and on a POSIX one (conftest.ipc_api).
+pytestmark = pytest.mark.both_ipc_apis
+
 SHA = "ab" * 32
 
 

@@ -40,6 +40,7 @@ def documented_fields(heading: str) -> list[tuple[int, int]]:
     ("heading", "record"),
     [
         ("Segment header", layout.SEGMENT_HEADER),
+        ("Lock holder", layout.LOCK_HOLDER),
         ("Client record", layout.CLIENT_RECORD),
         ("Group record", layout.GROUP_RECORD),
         ("Mailbox header", layout.MAILBOX_HEADER),

@@ -28,8 +28,11 @@ from test_faults import announce, send_file, sha, worker_pid
 from shm import layout
 from shm.directory import MAX_GROUPS_PER_ADMIN
 from shm.layout import RECORD_HEADER_SIZE, IpcObject
-from shm.locks import BinaryLock
+from shm.segments import ServerIpc
 from syscalls.processes import process_state
+
+#: Every test here runs on a System V server and on a POSIX one (conftest.ipc_api).
+pytestmark = pytest.mark.both_ipc_apis
 
 BIG = "z" * 60000  # five of these fill a 256 KiB mailbox
 
@@ -337,8 +340,9 @@ def test_a_worker_stopped_while_holding_a_lock_is_killed_and_nobody_stalls(start
     server = start_server("--lesson-hooks")
     a, b = connect(target=server), connect(target=server)
     a.send("/holdlock directory")
-    key = server_key(server.port, IpcObject.DIRECTORY_SEMAPHORE)
-    wait_until(lambda: BinaryLock.attach(key).value == 0, what="the lock to be held")
+    wait_until(
+        lambda: lock_value(server.port, IpcObject.DIRECTORY_SEMAPHORE) == 0, what="the lock to be held"
+    )
     holder = worker_pid_unlocked(server, a)
     os.kill(holder, signal.SIGSTOP)
     late = connect(target=server)  # the parent needs the lock for the newcomer's slot
@@ -352,8 +356,7 @@ def test_shutdown_is_not_stalled_by_a_stopped_lock_holder(start_server, connect)
     server = start_server("--lesson-hooks")
     a, b = connect(target=server), connect(target=server)
     a.send("/holdlock messages")
-    key = server_key(server.port, IpcObject.MESSAGES_SEMAPHORE)
-    wait_until(lambda: BinaryLock.attach(key).value == 0, what="the lock to be held")
+    wait_until(lambda: lock_value(server.port, IpcObject.MESSAGES_SEMAPHORE) == 0, what="the lock to be held")
     os.kill(worker_pid_unlocked(server, a), signal.SIGSTOP)
     assert server.stop(signal.SIGTERM) == 0
     b.expect(r"^\[bye\] the server is shutting down")
@@ -367,8 +370,7 @@ def test_a_test_that_needs_a_lock_a_stopped_worker_holds_fails_naming_it(start_s
     server = start_server("--lesson-hooks")
     a = connect(target=server)
     a.send("/holdlock messages")
-    key = server_key(server.port, IpcObject.MESSAGES_SEMAPHORE)
-    wait_until(lambda: BinaryLock.attach(key).value == 0, what="the lock to be held")
+    wait_until(lambda: lock_value(server.port, IpcObject.MESSAGES_SEMAPHORE) == 0, what="the lock to be held")
     holder = worker_pid_unlocked(server, a)
     os.kill(holder, signal.SIGSTOP)
     try:
@@ -379,10 +381,13 @@ def test_a_test_that_needs_a_lock_a_stopped_worker_holds_fails_naming_it(start_s
         os.kill(holder, signal.SIGCONT)
 
 
-def server_key(port: int, obj: IpcObject) -> int:
-    from shm import layout
-
-    return layout.ipc_key(port, obj)
+def lock_value(port: int, obj: IpcObject) -> int:
+    """The value of one of a server's table locks, on whichever API it runs."""
+    ipc = ServerIpc.attach(port)
+    try:
+        return ipc.locks[obj].value
+    finally:
+        ipc.close()
 
 
 def worker_pid_unlocked(server: ServerProcess, client) -> int:
@@ -403,6 +408,7 @@ def test_one_client_cannot_take_every_group_slot(server, connect):
     b.expect(r"^\[ok\] group \d+ created")
 
 
+@pytest.mark.only_ipc_api("sysv")  # unlinking POSIX names takes nothing from a server that has them open
 def test_tables_removed_under_a_running_server_stop_it_with_one_line_and_no_leak(start_server, connect):
     server = start_server()
     a = connect(target=server)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, STARTED_PORTS, RawClient, port_objects, python_env
+from conftest import ROOT, STARTED_PORTS, RawClient, port_objects, posix_objects, python_env
 from procinfo import spool_files, wait_until
 
 from server.listener import NO_DESCRIPTORS
@@ -131,6 +131,9 @@ SCENARIOS = {
     "fork": "connect",
     "accept": "connect",
     "semop": "chat",
+    "shm_open": "start",
+    "sem_open": "start",
+    "sem_wait": "chat",
     "recv": "chat",
     "send": "chat",
     "open": "file",
@@ -156,6 +159,15 @@ class Cell:
     @property
     def scenario(self) -> str:
         return SCENARIOS[self.point]
+
+    @property
+    def ipc(self) -> str:
+        """The ``--ipc`` whose calls the point injects into (the other points: either; System V)."""
+        return "posix" if self.point in POSIX_POINTS else "sysv"
+
+
+#: The points of the POSIX API (``--ipc posix``), the System V ones' counterparts.
+POSIX_POINTS = {"shm_open", "sem_open", "sem_wait"}
 
 
 def _cells() -> list[Cell]:
@@ -200,6 +212,14 @@ def _cells() -> list[Cell]:
         extra("semop", "EIDRM", tables, nth, 2)
     for nth in (1, 2, 3):  # no slot: the parent's calls too (its waits are bounded: semtimedop)
         extra("semop", "EINTR", "transparent", nth)
+    # The same cells on a POSIX server (--ipc posix): its objects, then its locks' P.
+    add("shm_open", dict.fromkeys(("ENOSPC", "EMFILE", "EACCES"), fails))
+    extra("shm_open", "ENOSPC", fails, 3)  # two objects exist already
+    add("sem_open", dict.fromkeys(("ENOSPC", "EMFILE", "EACCES"), fails))
+    extra("sem_open", "EMFILE", fails, 2)  # the segments and one semaphore exist already
+    add("sem_wait", {"EINTR": "transparent", "EINVAL": tables}, slot=2)
+    for nth in (1, 2, 3):  # no slot: the parent's bounded waits (sem_timedwait)
+        extra("sem_wait", "EINTR", "transparent", nth)
     lost = "connection-lost"
     add("recv", {"ECONNRESET": lost, "ETIMEDOUT": lost, "ENOMEM": lost, "EINTR": "transparent"}, slot=2)
     for nth in (2, 3):
@@ -241,7 +261,7 @@ def test_fault_cell(cell: Cell, start_server, tmp_path: Path) -> None:
     if cell.scenario == "start":
         check_start(cell, tmp_path)
         return
-    server = start_server(env={"SHMCHAT_FAULTS": cell.plan})
+    server = start_server("--ipc", cell.ipc, env={"SHMCHAT_FAULTS": cell.plan})
     spool = tmp_path / "spool-0"  # start_server's --spool-dir for its first server
     clients: list[RawClient] = []
     try:
@@ -288,7 +308,7 @@ def check_start(cell: Cell, tmp_path: Path) -> None:
     STARTED_PORTS.add(port)
     spool = tmp_path / "spool"
     done = subprocess.run(
-        [sys.executable, "-m", "server", "--port", str(port), "--spool-dir", str(spool)],
+        [sys.executable, "-m", "server", "--port", str(port), "--spool-dir", str(spool), "--ipc", cell.ipc],
         cwd=ROOT,
         env={**python_env(), "SHMCHAT_FAULTS": cell.plan},
         capture_output=True,
@@ -300,6 +320,7 @@ def check_start(cell: Cell, tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("./dev server: cannot create "), lines
     assert os.strerror(getattr(errno, cell.errno)).lower() in lines[0].lower(), lines
     assert port_objects(port) == set(), "the failed start left IPC objects behind"
+    assert not [o for o in posix_objects() if o[1] == port], "the failed start left names in /dev/shm"
     assert spool_files(spool) == []
 
 

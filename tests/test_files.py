@@ -26,6 +26,9 @@ from client.session import ClientSession
 from protocol import commands
 from protocol.framing import NEED_DATA, Data, Line, LineFramer
 
+#: Every test here runs on a System V server and on a POSIX one (conftest.ipc_api).
+pytestmark = pytest.mark.both_ipc_apis
+
 MiB = 1024 * 1024
 SAVED = re.compile(
     r"^\[saved\] file '(?P<name>.*)' from (?P<sender>\d{5})(?: \(group (?P<group>\d{5})\))? "

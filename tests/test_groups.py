@@ -22,6 +22,9 @@ from conftest import RawClient
 
 from shm.segments import ServerIpc
 
+#: Every test here runs on a System V server and on a POSIX one (conftest.ipc_api).
+pytestmark = pytest.mark.both_ipc_apis
+
 ID = r"(\d{5})"
 OK = r"^\[ok\] "
 ERROR = r"^\[error\] "

@@ -25,9 +25,10 @@ from conftest import ROOT, TIMEOUT, RawClient, piped, python_env, sysv_objects
 from procinfo import wait_until
 
 from shm import layout
+from shm.discovery import list_objects
 from shm.layout import IpcObject
-from shm.locks import BinaryLock
-from shm.segments import ServerIpc, list_objects
+from shm.segments import ServerIpc
+from shm.sysv import SysvLock
 
 
 def inspect(port: int, *args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
@@ -197,7 +198,7 @@ def test_inspector_changes_nothing(server, connect) -> None:
 
 def test_inspector_never_waits_on_a_held_lock(server, connect) -> None:
     a = connect()
-    lock = BinaryLock.attach(layout.ipc_key(server.port, IpcObject.DIRECTORY_SEMAPHORE))
+    lock = SysvLock.attach(layout.ipc_key(server.port, IpcObject.DIRECTORY_SEMAPHORE))
     lock.reserve()  # as a worker stuck inside the directory lock would
     try:
         started = time.monotonic()

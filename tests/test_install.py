@@ -121,7 +121,10 @@ def test_installed_programs_name_their_console_scripts(fresh: FreshInstall) -> N
     assert listing.returncode == 0, listing.stderr
     assert "./dev" not in listing.stdout
     assert "  shmchat-lesson send " in listing.stdout
-    assert "start it first: shmchat-server --trace --lesson-hooks --no-flood-control --max-clients 8" in listing.stdout
+    assert (
+        "start it first: shmchat-server --trace --lesson-hooks --no-flood-control --max-clients 8"
+        in listing.stdout
+    )
     lesson = fresh.run("shmchat-lesson", "send", "--port", port)
     assert lesson.returncode == 1 and "./dev" not in lesson.stderr
     assert f"start it with 'shmchat-server --trace --lesson-hooks --max-clients 8 --port {port}'" in (

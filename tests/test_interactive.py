@@ -36,7 +36,7 @@ from client.session import Progress
 from client.styles import format_line, to_ansi
 from palette import id_colour
 from protocol import replies
-from shm.segments import remove_stale
+from shm.discovery import remove_stale
 
 needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 

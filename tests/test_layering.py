@@ -167,3 +167,32 @@ def test_every_module_listed_as_long_still_is() -> None:
         if not (ROOT / module).exists() or line_count(ROOT / module) <= MAX_LINES
     }
     assert stale == {}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_import_circle_among_the_projects_modules() -> None:
+    """Imports inside functions count too: that is how a circle gets patched over."""
+    names = {module_name(path): path for path in modules()}
+    graph = {
+        name: {m for m in imported_modules(path) if m in names and m != name} for name, path in names.items()
+    }
+    circles = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for nxt in sorted(graph[name]):
+            if state.get(nxt) == 1:
+                circles.append(" -> ".join([*path[path.index(nxt) :], nxt]))
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert circles == []

@@ -28,9 +28,8 @@ def test_keys_encode_the_port_and_others_keys_are_ignored():
 def test_record_layout_matches_the_declared_offsets(ipc):
     (a,) = online(ipc, 1)
     ipc.directory.set_worker_pid(a.slot, a.generation, 4242)
-    raw = ipc.segments[layout.IpcObject.CLIENTS_SEGMENT].read(
-        layout.CLIENT_RECORD_SIZE, layout.SEGMENT_HEADER_SIZE
-    )
+    at = layout.SEGMENT_HEADER_SIZE
+    raw = bytes(ipc.regions[layout.IpcObject.CLIENTS_SEGMENT].view[at : at + layout.CLIENT_RECORD_SIZE])
     state, client_id, pid = struct.unpack_from("<B3xIi", raw)
     assert (state, client_id, pid) == (1, a.client_id, 4242)
     assert struct.unpack_from("<H", raw, 24) == (40000,)  # peer port

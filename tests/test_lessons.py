@@ -23,7 +23,7 @@ import wcwidth
 from conftest import ROOT, TIMEOUT, ServerProcess, python_env
 from demokit import Demo, free_port
 
-from shm.segments import list_objects
+from shm.discovery import list_objects
 
 needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
@@ -158,6 +158,46 @@ def test_undo_prints_at_the_kill_what_its_narration_says(lesson_server: ServerPr
     no_workers_left(lesson_server)
 
 
+def test_sysv_vs_posix_shows_the_kernel_undo_then_the_parents_v_and_leaves_dev_shm_clean(
+    lesson_server: ServerProcess,
+) -> None:
+    done = lesson("sysv-vs-posix", "--port", str(lesson_server.port))
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    posix_port = int(re.search(r"ls -l /dev/shm \(the POSIX server on port (\d+)\)", out).group(1))  # type: ignore[union-attr]
+    assert re.search(rf"sem  0x{(0x5C4 << 20) | (lesson_server.port << 4) | 4:08x}  id \d+\s+\S+  600", out)
+    assert "-rw------- 1 " in out and f"sem.shmchat-{posix_port}-messages-lock" in out
+    sysv, posix = out.split("System V: three clients", 1)[1].split("POSIX: three clients", 1)
+    for part in (sysv, posix):  # the printed lock state agrees with the narration
+        holder = int(re.search(r"kill -KILL (\d+)", part).group(1))  # type: ignore[union-attr]
+        assert f"messages lock: value 0 = held, holder pid {holder} (H's worker)" in part
+        assert "messages lock: value 1 = free; B answered A" in part
+    assert "✝ SEM_UNDO messages   <- the kernel gave it back" in sysv and "released by parent" not in sysv
+    assert (
+        "✝ released by parent messages   <- the parent posts V" in posix
+        and "SEM_UNDO messages  " not in posix
+    )
+    released, reaped = posix.index("released by parent"), posix.index("<- the parent reaps H's worker")
+    assert released < reaped  # the parent gives the lock back, then repairs the dead worker's rows
+    assert re.search(rf"worker {holder} died holding the /shmchat-{posix_port}-messages-lock", posix)
+    assert "server stopped with SIGTERM: 0 of its objects left" in out
+    assert list_objects(posix_port) == []
+    no_workers_left(lesson_server)
+
+
+def test_on_a_posix_server_send_and_backpressure_run_and_undo_says_it_is_about_system_v(start_server) -> None:
+    server = start_server(
+        "--trace", "--lesson-hooks", "--no-flood-control", "--ipc", "posix", "--max-clients", "8"
+    )
+    for name in ("send", "backpressure"):
+        done = lesson(name, "--port", str(server.port))
+        assert done.returncode == 0, done.stdout + done.stderr
+    done = lesson("undo", "--port", str(server.port))
+    assert done.returncode == 1
+    assert "this lesson is about System V (SEM_UNDO)" in done.stderr and "sysv-vs-posix" in done.stderr
+    no_workers_left(server)
+
+
 def test_backpressure_fills_the_mailbox_holds_the_sender_and_cuts_the_reader_off(
     lesson_server: ServerProcess,
 ) -> None:
@@ -227,6 +267,29 @@ def test_the_demo_traces_a_typed_message_runs_a_lesson_and_stops_clean(tmp_path:
         width = int(tmux("display-message", "-p", "-t", trace, "#{pane_width}"))
         assert max(wcwidth.wcswidth(line) for line in demo.screen(trace).splitlines()) <= width
         assert "t (ms)" in tmux("capture-pane", "-p", "-t", trace)
+    finally:
+        stopped = demo.run("stop")
+    demo.assert_stopped_clean(stopped, pane_pids)
+
+
+@needs_tmux
+def test_the_demo_on_posix_ipc_shows_the_parent_releasing_a_dead_holders_lock(tmp_path: Path) -> None:
+    demo = Demo(tmp_path)
+    started = demo.run("start", "--ipc", "posix")
+    pane_pids: list[int] = []
+    try:
+        assert started.returncode == 0, started.stderr
+        assert f"--port {demo.port} --trace --lesson-hooks --ipc posix" in demo.tmux(
+            "list-panes", "-t", "demo", "-F", "#{pane_title}"
+        )
+        demo.wait_screen(demo.pane("inspector"), r"3/8 online")
+        demo.wait_screen(demo.pane("inspector"), rf"/dev/shm/sem\.shmchat-{demo.port}-messages-lock")
+        assert {e.api for e in list_objects(demo.port)} == {"posix"}
+        pane_pids = demo.pane_pids()
+        done = lesson("sysv-vs-posix", "--port", str(demo.port))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "The demo's server (port" in done.stdout and "runs on POSIX IPC" in done.stdout
+        demo.wait_screen(demo.pane("trace"), r"✝ released by")  # the parent's V, in the demo's pane
     finally:
         stopped = demo.run("stop")
     demo.assert_stopped_clean(stopped, pane_pids)

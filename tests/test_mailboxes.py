@@ -14,9 +14,10 @@ from shm.mailboxes import Posting, PostResult
 from shm.segments import ServerIpc
 
 
-@pytest.fixture
-def ipc():
-    tables = small_tables()
+@pytest.fixture(params=["sysv", "posix"])
+def ipc(request):
+    """The same tables on System V and on POSIX shared memory: the table code cannot tell."""
+    tables = small_tables(api=request.param)
     yield tables
     tables.close()
 

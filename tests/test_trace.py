@@ -29,10 +29,10 @@ from conftest import ROOT, TIMEOUT, piped, python_env
 
 from inspector.trace_view import TraceView, event_text, fit, render
 from shm import layout
-from shm.discovery import running_servers
+from shm.discovery import list_objects, running_servers
 from shm.layout import IpcObject, TraceEvent, WakeSource
 from shm.mailboxes import Posting, PostResult
-from shm.segments import ServerIpc, list_objects
+from shm.segments import ServerIpc
 from shm.trace_reader import TraceRecord, with_undo
 
 
@@ -195,8 +195,7 @@ def test_a_writer_killed_in_the_middle_of_a_record_leaves_it_unread(traced):
     assert [e.bytes for e in events] == [1, 2]  # the third is torn: skipped
     ring = layout.trace_ring_offset(1, traced.trace.records) + layout.TRACE_RING_HEADER_SIZE
     third = ring + 2 * layout.TRACE_RECORD_SIZE
-    segment = traced.segments[IpcObject.TRACE_SEGMENT]
-    raw = segment.read(layout.TRACE_RECORD_SIZE, third)
+    raw = bytes(traced.regions[IpcObject.TRACE_SEGMENT].view[third : third + layout.TRACE_RECORD_SIZE])
     assert layout.TRACE_SEQ.unpack_from(raw)[0] == 0  # "being written", forever
     assert layout.TRACE_RECORD.unpack(raw)[1] != 0  # though half of it was stored
     # The slot's next worker carries on from the last committed record.

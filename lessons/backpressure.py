@@ -22,13 +22,13 @@ from lessons.kit import (
     ChatClient,
     LessonFailed,
     Narrator,
-    Semaphore,
     connect_all,
     process_state,
     slot_of,
     wait_until,
     worker_pid,
 )
+from lessons.semaphores import Semaphore
 from shm.layout import IpcObject
 from shm.mailboxes import MailboxStats
 from shm.snapshot import take_snapshot

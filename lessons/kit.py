@@ -19,15 +19,12 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import NamedTuple, TextIO, TypeVar
-
-import sysv_ipc
+from typing import TextIO, TypeVar
 
 from protocol import replies
-from shm import discovery, layout
+from shm import discovery
 from shm.discovery import list_objects, live_server_pid
 from shm.layout import IpcObject, TraceEvent
-from shm.segments import ServerIpc
 from shm.snapshot import NotRunning, take_snapshot
 from shm.trace_reader import TraceRecord, TraceUnavailable, open_trace, with_undo
 from syscalls import processes, programs
@@ -275,70 +272,6 @@ def worker_pid(port: int, client_id: int) -> int:
 def slot_of(port: int, client_id: int) -> int:
     snap = take_snapshot(port)
     return next(c.slot for c in snap.clients or [] if c.online and c.client_id == client_id)
-
-
-class LockState(NamedTuple):
-    """One reading of a lock: its value, how many wait for it, and the pid of its last semop."""
-
-    value: int
-    waiting: int
-    last_pid: int
-
-
-class Semaphore:
-    """One table lock as the kernel reports it; never operated on.
-
-    System V: ``semctl`` GETVAL, GETNCNT, GETPID.  POSIX: ``sem_getvalue`` and
-    the holder the lock recorded in its segment header; how many wait is not
-    known there (``waiting`` is -1).
-    """
-
-    def __init__(self, port: int, which: IpcObject) -> None:
-        self.port, self.which = port, which
-        posix = any(e.api == "posix" and e.obj is which for e in list_objects(port))
-        self.sem = None if posix else sysv_ipc.Semaphore(layout.ipc_key(port, which))
-
-    def _posix(self) -> tuple[int, int]:
-        ipc = ServerIpc.attach(self.port)
-        try:
-            return ipc.locks[self.which].value, ipc.locks[self.which].holder()
-        finally:
-            ipc.close()
-
-    @property
-    def value(self) -> int:
-        return self.sem.value if self.sem is not None else self._posix()[0]
-
-    @property
-    def waiting(self) -> int:
-        return self.sem.waiting_for_nonzero if self.sem is not None else -1
-
-    @property
-    def last_pid(self) -> int:
-        return self.sem.last_pid if self.sem is not None else self._posix()[1]
-
-    def state(self) -> LockState:
-        """The three numbers, read until two readings agree (each is its own semctl call)."""
-        before = LockState(self.value, self.waiting, self.last_pid)
-        for _ in range(100):
-            after = LockState(self.value, self.waiting, self.last_pid)
-            if after == before:
-                break
-            before = after
-        return before
-
-    def describe(self, names: dict[int, str] | None = None, state: LockState | None = None) -> str:
-        """The lock in words; ``names`` says whose a pid is.
-
-        A binary lock reaches 0 only by a semop P (a release and SEM_UNDO's
-        give-back both add 1), so while it is held the pid of its last semop
-        is its holder's.
-        """
-        value, waiting, pid = state or self.state()
-        whose = f"pid {pid}" + (f" ({names[pid]})" if names and pid in names else "")
-        if value:
-            return f"value 1 = free, {waiting} waiting, last semop by {whose}"
-        return f"value 0 = held by {whose}, {waiting} waiting"
 
 
 class TraceTail:

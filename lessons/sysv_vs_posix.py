@@ -39,6 +39,7 @@ from lessons.kit import (
 from shm.discovery import SHM_DIR, IpcEntry, list_objects
 from shm.layout import IpcObject, TraceEvent
 from shm.segments import ServerIpc
+from syscalls import programs
 
 NAMES = {"sysv": "System V", "posix": "POSIX"}
 
@@ -207,7 +208,8 @@ def run(port: int, say: Narrator) -> None:
     say.step(
         f"The demo's server (port {port}) runs on {NAMES[demo_api]} IPC; the lesson starts a second "
         f"server on {NAMES[other]} IPC",
-        f"python -m server --ipc {other} --trace --lesson-hooks, on a free port. Same code, same tables, "
+        f"{programs.command('server')} --ipc {other} --trace --lesson-hooks, on a free port. Same code, "
+        "same tables, "
         "same bytes: only shm/sysv.py or shm/posix.py differs underneath.",
     )
     with second_server(other) as (other_port, log):

@@ -9,7 +9,6 @@ import signal
 from lessons.kit import (
     LessonFailed,
     Narrator,
-    Semaphore,
     TraceTail,
     alive,
     connect_all,
@@ -19,6 +18,7 @@ from lessons.kit import (
     wait_until,
     worker_pid,
 )
+from lessons.semaphores import Semaphore
 from shm.layout import IpcObject, TraceEvent
 
 

@@ -20,12 +20,10 @@ import time
 from contextlib import contextmanager
 
 import pytest
-import sysv_ipc
 from conftest import ROOT, STARTED_PORTS, TIMEOUT, ServerProcess, port_objects, python_env
 from procinfo import attached, spool_files, spool_of, wait_until
 from test_faults import announce, send_file, sha, worker_pid
 
-from shm import layout
 from shm.directory import MAX_GROUPS_PER_ADMIN
 from shm.layout import RECORD_HEADER_SIZE, IpcObject
 from shm.segments import ServerIpc
@@ -47,19 +45,23 @@ def stopped(port: int, pid: int):
     lock, this test too.  So the worker is stopped, and if it turns out to hold
     a lock it is continued and stopped again a moment later.
     """
-    semaphores = [sysv_ipc.Semaphore(layout.ipc_key(port, obj)) for obj in layout.SEMAPHORES]
+    ipc = ServerIpc.attach(port)
 
     def stop_outside_locks() -> bool:
         os.kill(pid, signal.SIGSTOP)
         wait_until(lambda: process_state(pid) == "T", what=f"worker {pid} to stop")
-        # A held lock reads 0, and its last semop was its holder's.  (A stopped
-        # process waits in no semop: the stop interrupts the wait.)
-        if any(sem.value == 0 and sem.last_pid == pid for sem in semaphores):
+        # A held lock reads 0 and names its holder (System V: the last semop's
+        # pid; POSIX: the pid the holder stored).  A stopped process waits in no
+        # P: the stop interrupts the wait.
+        if any(lock.value == 0 and lock.holder() == pid for lock in ipc.locks.values()):
             os.kill(pid, signal.SIGCONT)
             return False
         return True
 
-    wait_until(stop_outside_locks, what=f"worker {pid} stopped while it holds no table lock")
+    try:
+        wait_until(stop_outside_locks, what=f"worker {pid} stopped while it holds no table lock")
+    finally:
+        ipc.close()
     try:
         yield
     finally:

@@ -127,9 +127,8 @@ def test_installed_programs_name_their_console_scripts(fresh: FreshInstall) -> N
     )
     lesson = fresh.run("shmchat-lesson", "send", "--port", port)
     assert lesson.returncode == 1 and "./dev" not in lesson.stderr
-    assert f"start it with 'shmchat-server --trace --lesson-hooks --max-clients 8 --port {port}'" in (
-        lesson.stderr
-    )
+    demo = "shmchat-server --trace --lesson-hooks --no-flood-control --max-clients 8"
+    assert f"start it with '{demo} --port {port}'" in lesson.stderr
     trace = fresh.run("shmchat-shm", "trace", "--port", port)
     assert trace.stderr == f"shmchat-shm trace: no shmchat server on port {port}\n"
     for program in ("shmchat-server", "shmchat-client", "shmchat-shm", "shmchat-lesson"):

@@ -279,8 +279,9 @@ def test_the_demo_on_posix_ipc_shows_the_parent_releasing_a_dead_holders_lock(tm
     pane_pids: list[int] = []
     try:
         assert started.returncode == 0, started.stderr
-        assert f"--port {demo.port} --trace --lesson-hooks --ipc posix" in demo.tmux(
-            "list-panes", "-t", "demo", "-F", "#{pane_title}"
+        assert (
+            f"--port {demo.port} --trace --lesson-hooks --no-flood-control --max-clients 8 --ipc posix"
+            in demo.tmux("list-panes", "-t", "demo", "-F", "#{pane_title}")
         )
         demo.wait_screen(demo.pane("inspector"), r"3/8 online")
         demo.wait_screen(demo.pane("inspector"), rf"/dev/shm/sem\.shmchat-{demo.port}-messages-lock")

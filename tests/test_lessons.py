@@ -284,7 +284,10 @@ def test_the_demo_on_posix_ipc_shows_the_parent_releasing_a_dead_holders_lock(tm
             in demo.tmux("list-panes", "-t", "demo", "-F", "#{pane_title}")
         )
         demo.wait_screen(demo.pane("inspector"), r"3/8 online")
-        demo.wait_screen(demo.pane("inspector"), rf"/dev/shm/sem\.shmchat-{demo.port}-messages-lock")
+        # The SEMAPHORES section names each POSIX lock (the IPC OBJECTS list below it
+        # may be cut at the pane's foot once a lesson's clients add rows).
+        demo.wait_screen(demo.pane("inspector"), rf"^ /shmchat-{demo.port}-messages-lock ")
+        demo.wait_screen(demo.pane("inspector"), r"SEMAPHORES  one binary lock each, POSIX named, no undo")
         assert {e.api for e in list_objects(demo.port)} == {"posix"}
         pane_pids = demo.pane_pids()
         done = lesson("sysv-vs-posix", "--port", str(demo.port))

@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any
 
 import sysv_ipc
 
@@ -50,12 +50,15 @@ from shm.layout import (
 from shm.locks import TableLock
 
 
-class Record(NamedTuple):
+@dataclass(slots=True)
+class Record:
     """One message in a mailbox.
 
-    Records and postings are named tuples rather than frozen dataclasses:
-    immutable values, several built for every message, so the cheapest
-    immutable value Python has.
+    Records and postings, like the outbox's deliveries, are plain slotted
+    dataclasses: several are built for every message and none is changed
+    once built.  A named tuple builds itself through a ``__new__`` written in
+    Python, and a frozen dataclass sets each field the long way round, so
+    both cost more per message than the immutability they add is worth here.
     """
 
     kind: RecordKind
@@ -76,7 +79,8 @@ class PostResult(Enum):
     FULL = "full"  # no room now; the sender was added to the waiters
 
 
-class Posting(NamedTuple):
+@dataclass(slots=True)
+class Posting:
     """A record addressed to one slot of a given generation."""
 
     slot: int

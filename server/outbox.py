@@ -80,12 +80,11 @@ class Outbox:
             self.blocked = False
             return []
         batch, self.pending = self.pending, []
-        results = self.messages.post([delivery.posting for delivery in batch])
+        results = self.messages.post([delivery.posting for delivery in batch])  # one per posting, in order
         lines = []
         rung = set()
-        for delivery, result in zip(batch, results, strict=True):
+        for delivery, result in zip(batch, results):
             if result is PostResult.DELIVERED:
-                self.delivered += 1
                 rung.add(delivery.posting.slot)
             elif result is PostResult.GONE:
                 if delivery.on_gone is not None and (line := delivery.on_gone(OFFLINE)) is not None:
@@ -94,6 +93,7 @@ class Outbox:
                 self.pending.append(delivery)
         for slot in rung:
             self.doorbells.ring(slot)  # eventfd write: wake the receiver's worker
+        self.delivered += results.count(PostResult.DELIVERED)
         self.blocked = bool(self.pending)
         return lines
 

@@ -80,10 +80,10 @@ class Outbox:
             self.blocked = False
             return []
         batch, self.pending = self.pending, []
-        results = self.messages.post([delivery.posting for delivery in batch])  # one per posting, in order
+        results = self.messages.post([delivery.posting for delivery in batch])
         lines = []
         rung = set()
-        for delivery, result in zip(batch, results):
+        for delivery, result in zip(batch, results, strict=True):
             if result is PostResult.DELIVERED:
                 rung.add(delivery.posting.slot)
             elif result is PostResult.GONE:

@@ -228,10 +228,10 @@ def parse_id(token: str, what: str, command: str) -> int:
 def _split_text(rest: str, command: str) -> tuple[str, str]:
     """Split ``<id> <message>``; the message keeps every space after the first."""
     match = _ID_AND_TEXT.match(rest)
-    if match is None or not match.group(2).strip():
+    if match is None or not match[2].strip():
         missing = "a message is" if rest.strip() else "an id and a message are"
         raise CommandError(f"{command}: {missing} missing; {_usage(command)}")
-    return match.group(1), match.group(2)
+    return match[1], match[2]
 
 
 def _no_arguments(name: str, rest: str) -> None:

@@ -12,6 +12,11 @@ from server.spool import decode_file_result
 from shm.layout import RecordKind
 from shm.mailboxes import Record
 
+#: The kinds that are events for the worker, not lines: a file to download, the
+#: server's goodbye.  A set, so that telling them from lines is one lookup
+#: rather than a comparison with each enum member.
+EVENTS = frozenset({RecordKind.FILE, RecordKind.SHUTDOWN})
+
 
 def render(record: Record) -> str:
     """The line the receiver reads for one record (without its newline)."""

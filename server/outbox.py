@@ -85,6 +85,7 @@ class Outbox:
         rung = set()
         for delivery, result in zip(batch, results, strict=True):
             if result is PostResult.DELIVERED:
+                self.delivered += 1
                 rung.add(delivery.posting.slot)
             elif result is PostResult.GONE:
                 if delivery.on_gone is not None and (line := delivery.on_gone(OFFLINE)) is not None:
@@ -93,7 +94,6 @@ class Outbox:
                 self.pending.append(delivery)
         for slot in rung:
             self.doorbells.ring(slot)  # eventfd write: wake the receiver's worker
-        self.delivered += results.count(PostResult.DELIVERED)
         self.blocked = bool(self.pending)
         return lines
 

@@ -106,9 +106,8 @@ def handle_send(caller: Caller, request: Send, ipc: ServerIpc) -> Outcome:
         return Outcome(replies=[replies.error(why)])
     if target is None:
         return Outcome(replies=[replies.offline(target_id)])
-    record = Record(RecordKind.PRIVATE, caller.slot, caller.client_id, 0, request.text.encode("utf-8"))
     on_gone = lambda why: _private_gone(target_id, why)  # noqa: E731 (a closure, named for the line below)
-    return Outcome(deliveries=[Delivery(Posting(target.slot, target.generation, record), on_gone, target_id)])
+    return Outcome(deliveries=[deliver(target, RecordKind.PRIVATE, caller, request.text, on_gone=on_gone)])
 
 
 def _private_gone(target_id: int, why: str) -> str:

@@ -90,64 +90,69 @@ class StreamError(CommandError):
 
 
 # -- the requests -------------------------------------------------------------
+#
+# Plain slotted dataclasses, not frozen ones: a frozen dataclass stores each
+# field through ``object.__setattr__`` to get round its own guard, and a
+# request is built for every line a client sends.  Nothing changes a request
+# after ``parse`` returns it; the worker reads it once and lets it go.
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Help:
     topic: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Active:
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Send:
     target: int
     text: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Broadcast:
     text: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class MakeGroup:
     members: tuple[int, ...]
     invite_only: bool
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class JoinGroup:
     group_id: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DeclineGroup:
     group_id: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class AnswerRequest:
     group_id: int
     client_id: int
     approve: bool
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SendGroup:
     group_id: int
     text: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ListGroups:
     everyone: bool  # /activeallgroups when true, /activegroups when false
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SendFile:
     """The wire form of /sendfile: a header announcing ``size`` raw bytes."""
 
@@ -157,7 +162,7 @@ class SendFile:
     name: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DataFrame:
     """``/data <transfer> <n>``: the next ``n`` raw bytes belong to an upload."""
 
@@ -165,7 +170,7 @@ class DataFrame:
     size: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DownloadQuota:
     """``/downloadquota <bytes>``: the client saves at most this many bytes of files.
 
@@ -176,7 +181,7 @@ class DownloadQuota:
     size: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Quit:
     pass
 
@@ -223,10 +228,10 @@ def parse_id(token: str, what: str, command: str) -> int:
 def _split_text(rest: str, command: str) -> tuple[str, str]:
     """Split ``<id> <message>``; the message keeps every space after the first."""
     match = _ID_AND_TEXT.match(rest)
-    if match is None or not match.group(2).strip():
+    if match is None or not match[2].strip():
         missing = "a message is" if rest.strip() else "an id and a message are"
         raise CommandError(f"{command}: {missing} missing; {_usage(command)}")
-    return match.group(1), match.group(2)
+    return match[1], match[2]
 
 
 def _no_arguments(name: str, rest: str) -> None:

@@ -40,9 +40,13 @@ RAW_CHUNK_BYTES = 256 * 1024
 FRAME_HEADER_READ = 64
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Line:
-    """A complete, decoded line without its terminator (``\\n`` or ``\\r\\n``)."""
+    """A complete, decoded line without its terminator (``\\n`` or ``\\r\\n``).
+
+    Not frozen, as the requests of ``protocol.commands`` are not: one is built
+    for every line, and a frozen dataclass sets its field the long way round.
+    """
 
     text: str
 
@@ -175,7 +179,7 @@ class LineFramer:
                     return BadLine(f"line too long (over {self.max_line} bytes without a newline); discarded")
                 self._scanned = len(self._buffer)
                 return NEED_DATA
-            raw = bytes(self._buffer[:newline])
+            raw = self._buffer[:newline]  # a copy (bytearray), decoded as it is
             del self._buffer[: newline + 1]
             self._scanned = 0
             if self._discarding:

@@ -26,7 +26,7 @@ reported.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from server.doorbells import Doorbells
 from shm.mailboxes import MessageTable, Posting, PostResult
@@ -37,13 +37,15 @@ OFFLINE = "offline"
 STAYED_FULL = "its mailbox stayed full while you were leaving"
 
 
-class Delivery(NamedTuple):
+@dataclass(slots=True)
+class Delivery:
     """A record for one mailbox, and what to tell the poster if it cannot arrive.
 
     ``on_gone(reason)`` makes that line only when it is needed (nearly every
     message arrives, so a line built in advance would nearly always be thrown
     away), or returns None to say nothing.  ``to_id`` names the receiver in
     the line that reports a discarded record without an ``on_gone``.
+    A plain slotted dataclass, as ``Record`` and ``Posting`` are.
     """
 
     posting: Posting

@@ -354,14 +354,13 @@ class Worker:
         self.received += len(records)
         lines = []
         for record in records:
-            kind = record.kind
-            if kind is RecordKind.FILE:
+            if record.kind not in mail.EVENTS:
+                lines.append(mail.render(record))
+            elif record.kind is RecordKind.FILE:
                 self.downloads.add(record)  # its header goes out later, after these lines
-            elif kind is RecordKind.SHUTDOWN:
+            else:  # SHUTDOWN
                 lines.append(replies.shutting_down())
                 self.end(WorkerExit.SHUTDOWN)
-            else:
-                lines.append(mail.render(record))
         if lines:
             self.conn.say(*lines)  # one take's lines, queued in one piece
 

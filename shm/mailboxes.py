@@ -28,13 +28,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any
 
 from shm import layout
 from shm.layout import (
+    MAILBOX_COUNT_OFFSET,
     MAILBOX_FIELDS,
     MAILBOX_HEADER,
     MAILBOX_HEADER_SIZE,
+    MAILBOX_TAIL_OFFSET,
     MAILBOX_U32,
     MAILBOX_U64,
     MAX_CLIENTS_LIMIT,
@@ -46,12 +48,15 @@ from shm.layout import (
 from shm.locks import TableLock
 
 
-class Record(NamedTuple):
+@dataclass(slots=True)
+class Record:
     """One message in a mailbox.
 
-    Records and postings are named tuples rather than frozen dataclasses:
-    immutable values, several built for every message, so the cheapest
-    immutable value Python has.
+    Records and postings, like the outbox's deliveries, are plain slotted
+    dataclasses: several are built for every message and none is changed
+    once built.  A named tuple builds itself through a ``__new__`` written in
+    Python, and a frozen dataclass sets each field the long way round, so
+    both cost more per message than the immutability they add is worth here.
     """
 
     kind: RecordKind
@@ -72,7 +77,8 @@ class PostResult(Enum):
     FULL = "full"  # no room now; the sender was added to the waiters
 
 
-class Posting(NamedTuple):
+@dataclass(slots=True)
+class Posting:
     """A record addressed to one slot of a given generation."""
 
     slot: int
@@ -175,12 +181,14 @@ class MessageTable:
         """Copy ``data`` into a ring at ``position``: one store, two when it wraps."""
         start = self._bases[slot] + MAILBOX_HEADER_SIZE
         offset = position % self.mailbox_bytes
-        size = len(data)
-        first = min(size, self.mailbox_bytes - offset)
-        # A store into shared memory: this slice assignment copies the bytes into the ring.
-        self._view[start + offset : start + offset + first] = data[:first]
-        if first < size:
-            self._view[start : start + size - first] = data[first:]
+        end = offset + len(data)
+        if end <= self.mailbox_bytes:
+            # A store into shared memory: this slice assignment copies the bytes into the ring.
+            self._view[start + offset : start + end] = data
+        else:  # past the ring's end: the rest goes to its start
+            first = self.mailbox_bytes - offset
+            self._view[start + offset : start + self.mailbox_bytes] = data[:first]
+            self._view[start : start + end - self.mailbox_bytes] = data[first:]
 
     def _ring_read(self, slot: int, position: int, length: int) -> bytes:
         start = self._bases[slot] + MAILBOX_HEADER_SIZE
@@ -228,42 +236,45 @@ class MessageTable:
         The results are in the order of ``postings``.
         """
         now = time.time()
-        # The runs: consecutive postings for one mailbox, with their records packed.
-        runs: list[tuple[list[Posting], list[bytes]]] = []
-        slot = generation = -1
+        packed: list[bytes] = []  # each posting's record as it lies in a ring
         record: Record | None = None
         for posting in postings:
             if posting.record is not record:  # a broadcast's copies follow each other
                 record = posting.record
                 data = self._pack(record, now)
-            if posting.slot != slot or posting.generation != generation:
-                slot, generation = posting.slot, posting.generation
-                run: list[Posting] = []
-                run_data: list[bytes] = []
-                runs.append((run, run_data))
-            run.append(posting)
-            run_data.append(data)
-        results: list[PostResult] = []
+            packed.append(data)
+        # Every result starts as DELIVERED, what nearly every post becomes; a
+        # run that finds its receiver gone or its ring full writes over its own.
+        results = [PostResult.DELIVERED] * len(postings)
         full: set[int] = set()  # once a mailbox is full, later posts to it wait too (order)
         # reserve/release is ``with lock.held()`` spelled out: this runs once for
         # every read of a client's socket, and the context manager adds a
         # generator and two calls to each.
         self.lock.reserve()
         try:
-            for run, run_data in runs:
-                if run[0].slot in full:
-                    results += [PostResult.FULL] * len(run)
-                    continue
-                ran = self._post_run(run, run_data)
-                if ran[-1] is PostResult.FULL:
-                    full.add(run[0].slot)
-                results += ran
+            start = 0
+            while start < len(postings):
+                slot, generation = postings[start].slot, postings[start].generation
+                end = start + 1  # the run: postings[start:end], all for this mailbox
+                while (
+                    end < len(postings)
+                    and postings[end].slot == slot
+                    and postings[end].generation == generation
+                ):
+                    end += 1
+                if slot in full:
+                    results[start:end] = [PostResult.FULL] * (end - start)
+                elif not self._post_run(postings, packed, start, end, results):
+                    full.add(slot)
+                start = end
         finally:
             self.lock.release()
         return results
 
-    def _post_run(self, run: list[Posting], data: list[bytes]) -> list[PostResult]:
-        """Copy a run of records for one mailbox (``data``, packed) into its ring, in order.
+    def _post_run(
+        self, postings: list[Posting], packed: list[bytes], start: int, end: int, results: list[PostResult]
+    ) -> bool:
+        """Copy ``postings[start:end]``, a run for one mailbox, into its ring, in order.
 
         One read of the header; one copy of every record that fits (two when
         the ring wraps); then the store of ``tail``, the commit: a reader
@@ -272,45 +283,45 @@ class MessageTable:
         inspector's), read by nobody to find records, so a poster killed
         between the two stores leaves records that are there and a count
         short, never a count for bytes that are not.  The records that do not
-        fit are FULL: their senders are marked in the waiters bitmap.
+        fit are FULL in ``results``: their senders are marked in the waiters
+        bitmap.  Returns False when some did not fit.
         """
         view = self._view
-        first = run[0]
-        slot = first.slot
+        slot = postings[start].slot
         base = self._bases[slot]
         head, tail, _delivered, gen, count, full_events, is_open = MAILBOX_FIELDS.unpack_from(view, base)
-        if not is_open or gen != first.generation:
-            return [PostResult.GONE] * len(run)
+        if not is_open or gen != postings[start].generation:
+            results[start:end] = [PostResult.GONE] * (end - start)
+            return True
         room = self.mailbox_bytes - (tail - head)
-        fit = size = 0  # the records that fit, and their bytes
-        for piece in data:
-            grown = size + len(piece)
-            if grown > room:
-                break
-            size = grown
+        fit = start  # postings[start:fit] fit, and take ``size`` bytes
+        size = 0
+        while fit < end and size + len(packed[fit]) <= room:
+            size += len(packed[fit])
             fit += 1
-        if fit:
-            self._ring_write(slot, tail, b"".join(data[:fit]))
-            at = base + layout.MAILBOX_TAIL_OFFSET
+        if fit > start:
+            self._ring_write(slot, tail, b"".join(packed[start:fit]))
+            at = base + MAILBOX_TAIL_OFFSET
             view[at : at + 8] = MAILBOX_U64.pack(tail + size)  # the commit
-            at = base + layout.MAILBOX_COUNT_OFFSET
-            view[at : at + 4] = MAILBOX_U32.pack((count + fit) & 0xFFFFFFFF)
-        results = [PostResult.DELIVERED] * fit
-        if fit < len(run):
+            at = base + MAILBOX_COUNT_OFFSET
+            view[at : at + 4] = MAILBOX_U32.pack((count + fit - start) & 0xFFFFFFFF)
+        if fit < end:
             at = base + layout.MAILBOX_FULL_EVENTS_OFFSET
             view[at : at + 4] = MAILBOX_U32.pack((full_events + 1) & 0xFFFFFFFF)
-            for posting in run[fit:]:
-                sender = posting.record.sender_slot
+            for index in range(fit, end):
+                results[index] = PostResult.FULL
+                sender = postings[index].record.sender_slot
                 if 0 <= sender < MAX_CLIENTS_LIMIT:
                     bit = base + layout.MAILBOX_WAITERS_OFFSET + sender // 8
                     view[bit] |= 1 << (sender % 8)
-            results += [PostResult.FULL] * (len(run) - fit)
         if self.tracer is not None:  # each record that went in, and the first that found no room
             position = tail
-            for piece, result in zip(data[: fit + 1], results, strict=False):
-                self.tracer.post(slot, position % self.mailbox_bytes, len(piece), result.value)
-                position += len(piece)
-        return results
+            for index in range(start, min(fit + 1, end)):
+                self.tracer.post(
+                    slot, position % self.mailbox_bytes, len(packed[index]), results[index].value
+                )
+                position += len(packed[index])
+        return fit == end
 
     def _pack(self, record: Record, now: float) -> bytes:
         """A record as it lies in a ring: its header, then its payload."""

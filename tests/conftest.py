@@ -383,11 +383,15 @@ class LineReader:
 
 
 class RawClient(LineReader):
-    """A bare TCP connection, as ``nc`` would make."""
+    """A bare TCP connection, as ``nc`` would make (from ``source``, if given); keeps every byte."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1", source: str | None = None) -> None:
         super().__init__()
-        self.sock = socket.create_connection((host, port), timeout=TIMEOUT)
+        #: Every byte received, as it came (what a terminal would be given).
+        self.raw = bytearray()
+        self.sock = socket.create_connection(
+            (host, port), timeout=TIMEOUT, source_address=(source, 0) if source else None
+        )
         self.sock.settimeout(None)
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -395,6 +399,7 @@ class RawClient(LineReader):
         buffer = b""
         try:
             while chunk := self.sock.recv(65536):
+                self.raw += chunk
                 buffer += chunk
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
@@ -422,12 +427,21 @@ class RawClient(LineReader):
 
 
 class LineModeClient(LineReader):
-    """The real client, ``python -m client``, with stdin a pipe (line mode)."""
+    """The real client, ``python -m client``, with stdin a pipe (line mode); ``extra``: more flags."""
 
-    def __init__(self, port: int, download_dir: Path, cwd: Path | None = None) -> None:
+    def __init__(self, port: int, download_dir: Path, *extra: str, cwd: Path | None = None) -> None:
         super().__init__()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "client", "--port", str(port), "--download-dir", str(download_dir)],
+            [
+                sys.executable,
+                "-m",
+                "client",
+                "--port",
+                str(port),
+                "--download-dir",
+                str(download_dir),
+                *extra,
+            ],
             cwd=cwd or ROOT,
             env=python_env(),
             stdin=subprocess.PIPE,

@@ -13,13 +13,11 @@ from __future__ import annotations
 import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
-from conftest import LineModeClient, LineReader, RawClient, python_env
+from conftest import LineModeClient, RawClient
 from procinfo import spool_files, spool_of, wait_until
 from test_files import SleepySocket, beyond_socket_buffers, random_bytes, sha, upload_raw
 
@@ -207,27 +205,10 @@ def test_the_ledger_counts_a_group_file_once_in_all_and_once_per_receiver(tmp_pa
 # -- the client's downloads ------------------------------------------------------------------
 
 
-class QuotaClient(LineModeClient):
-    """The real client in line mode, with ``--download-quota``."""
-
-    def __init__(self, port: int, download_dir: Path, quota: int) -> None:
-        LineReader.__init__(self)
-        command = [sys.executable, "-m", "client", "--port", str(port), "--download-dir", str(download_dir)]
-        self.proc = subprocess.Popen(
-            [*command, "--download-quota", str(quota)],
-            env=python_env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.download_dir = download_dir
-        threading.Thread(target=self._read, daemon=True).start()
-
-
 def test_a_client_refuses_files_past_its_download_quota_and_the_sender_is_told(server, tmp_path):
     size = 100 * 1024  # small: the whole file fits in the socket long before a "no" could come back
-    receiver = QuotaClient(server.port, tmp_path / "rx" / "downloads", quota=2 * size + size // 2)
+    quota = 2 * size + size // 2
+    receiver = LineModeClient(server.port, tmp_path / "rx" / "downloads", "--download-quota", str(quota))
     sender = RawClient(server.port)
     try:
         receiver.welcome()

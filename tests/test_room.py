@@ -27,9 +27,8 @@ import pytest
 from conftest import (
     ROOT,
     STARTED_PORTS,
-    TIMEOUT,
     LineModeClient,
-    LineReader,
+    RawClient,
     ServerProcess,
     piped,
     python_env,
@@ -44,53 +43,15 @@ PAYLOAD = "MARK1\x1b]52;c;cm0gLXJmIH4vKgo=\x07\x1b[2J\x1b[H\x1b]0;pwned\x07\r[se
 REFUSED = r"^\[error\] the line holds the control character U\+001B at character \d+: .*; discarded$"
 
 
-class Peer(LineReader):
-    """A bare TCP connection as ``nc`` makes it, from a chosen source address; keeps every byte."""
-
-    def __init__(self, port: int, host: str = "127.0.0.1", source: str | None = None) -> None:
-        super().__init__()
-        self.raw = bytearray()
-        self.sock = socket.create_connection(
-            (host, port), timeout=TIMEOUT, source_address=(source, 0) if source else None
-        )
-        self.sock.settimeout(None)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        buffer = b""
-        try:
-            while chunk := self.sock.recv(65536):
-                self.raw += chunk
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    self.lines.put(line.decode("utf-8", "replace"))
-        except OSError:
-            pass
-        self.lines.put(None)
-
-    def welcome(self) -> int:
-        self.id = int(self.expect(r"^\[welcome\].*unique id is (\d{5})").group(1))
-        return self.id
-
-    def send(self, line: str) -> None:
-        self.sock.sendall(line.encode("utf-8") + b"\n")
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-
-
 @pytest.fixture
 def peers() -> Iterator:
     """Factory: ``peers(port, host=..., source=..., welcome=True)``; all closed afterwards."""
-    made: list[Peer] = []
+    made: list[RawClient] = []
 
-    def make(port: int, host: str = "127.0.0.1", source: str | None = None, welcome: bool = True) -> Peer:
-        peer = Peer(port, host, source)
+    def make(
+        port: int, host: str = "127.0.0.1", source: str | None = None, welcome: bool = True
+    ) -> RawClient:
+        peer = RawClient(port, host, source)
         made.append(peer)
         if welcome:
             peer.welcome()
@@ -309,34 +270,6 @@ class BracketedServer(ServerProcess):
         threading.Thread(target=self._collect_stderr, daemon=True).start()
 
 
-class LineClientOn(LineModeClient):
-    """The real client in line mode, given ``--host``."""
-
-    def __init__(self, host: str, port: int, download_dir: Path) -> None:
-        LineReader.__init__(self)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "client",
-                "--host",
-                host,
-                "--port",
-                str(port),
-                "--download-dir",
-                str(download_dir),
-            ],
-            cwd=ROOT,
-            env=python_env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.download_dir = download_dir
-        threading.Thread(target=self._read, daemon=True).start()
-
-
 @pytest.fixture
 def ipv6_server(tmp_path: Path) -> Iterator:
     """Factory: ``ipv6_server("::1", *flags)``; each is stopped afterwards and must exit 0."""
@@ -359,7 +292,7 @@ def test_a_server_on_the_ipv6_loopback_serves_nc_and_the_real_client(ipv6_server
     server = ipv6_server("::1")
     assert f"listening on [::1]:{server.port} (" in server.banner
     a = peers(server.port, host="::1")
-    b = LineClientOn("::1", server.port, tmp_path / "b")
+    b = LineModeClient(server.port, tmp_path / "b", "--host", "::1")
     try:
         b.welcome()
         a.send(f"/send {b.id} hello over IPv6")

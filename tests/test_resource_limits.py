@@ -12,6 +12,7 @@ by itself once the resource is there again.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pwd
 import re
@@ -141,6 +142,24 @@ def set_descriptor_limit(user: pwd.struct_passwd, pid: int, soft: int) -> None:
     """``prlimit --pid PID --nofile=SOFT:``, as ``user``."""
     command = [sys.executable, "-c", SET_NOFILE, str(pid), str(soft), str(user.pw_uid), str(user.pw_gid)]
     subprocess.run(command, check=True, timeout=TIMEOUT, capture_output=True)
+
+
+@pytest.fixture(autouse=True)
+def the_test_user_to_ourselves() -> Iterator[None]:
+    """Hold the machine-wide lock on ``shmchat-test`` for the whole test.
+
+    RLIMIT_NPROC counts every process of the user, so two test runs on one
+    machine (a second suite beside this one, a classmate's run) must not use
+    it at once: each test takes an exclusive ``flock`` on one file in /tmp,
+    and a second run waits for it (flock(2) sleeps in the kernel).
+    """
+    path = os.path.join(tempfile.gettempdir(), f"{USER}-user.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor gives the lock back
 
 
 @pytest.fixture

@@ -272,12 +272,16 @@ def test_shm_cleanup_command_removes_a_dead_servers_objects(tmp_path):
     assert "kept the objects of port" in result.stdout  # a live server is never touched
     server.proc.kill()
     server.proc.wait()
+    # With --port: a cleanup of every port would also remove what other test
+    # runs' crashed servers left, which those runs may be about to reclaim.
     result = subprocess.run(
-        [sys.executable, "-m", "shm", "cleanup"], cwd=ROOT, env=python_env(), capture_output=True, text=True
+        [sys.executable, "-m", "shm", "cleanup", "--port", str(port)],
+        cwd=ROOT,
+        env=python_env(),
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0
-    # Other servers on the machine may have left stale objects of their own
-    # ports (a classmate's crash): count this port's.
     assert result.stdout.count(f"port {port},") == 5
     assert not port_objects(port)
 

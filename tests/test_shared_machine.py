@@ -114,8 +114,10 @@ def test_a_crashed_neighbours_objects_reclaimed_by_this_tests_server_are_no_loss
     assert len(port_objects(port)) == 5
     objects = TestObjects()
     ours = ServerProcess("--port", str(port), spool=tmp_path / "ours")  # the port the kernel could hand us
-    wait_until(lambda: "removed stale" in ours.log(), what="the stale objects to be reclaimed")
-    assert ours.stop() == 0
+    try:
+        wait_until(lambda: "removed stale" in ours.log(), what="the stale objects to be reclaimed")
+    finally:
+        assert ours.stop() == 0
     assert objects.compare() == (set(), set())
 
 

@@ -507,7 +507,7 @@ def test_discovery_lists_each_running_server_with_its_clients(start_server, conn
 
 needs_unshare = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None,
-    reason="needs unshare --ipc (root) for a machine with no other servers",
+    reason="needs unshare --ipc --mount (root) for a machine with no other servers",
 )
 
 #: Run in a fresh IPC namespace: no server at all, then exactly one.
@@ -532,7 +532,22 @@ finally:
 @needs_unshare
 def test_discovery_alone_on_a_machine_finds_no_server_then_the_one(tmp_path):
     result = subprocess.run(
-        ["unshare", "--ipc", sys.executable, "-c", ALONE],
+        # A new IPC namespace hides other servers' System V objects; /dev/shm (POSIX
+        # objects) is a file system, so it gets a private tmpfs of its own too.
+        [
+            "unshare",
+            "--ipc",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            'mount -t tmpfs shmchat-alone /dev/shm && exec "$@"',
+            "sh",
+            sys.executable,
+            "-c",
+            ALONE,
+        ],
         cwd=ROOT,
         env=python_env(),
         capture_output=True,

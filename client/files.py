@@ -38,10 +38,15 @@ def default_download_quota(folder: str) -> int:
     return min(DEFAULT_DOWNLOAD_QUOTA, fs.f_bavail * fs.f_frsize // 4)
 
 
+_HIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
 def safe_name(raw: str) -> str:
     """A file name that cannot leave the download folder or upset a terminal."""
     name = raw.replace("\\", "/").split("/")[-1]
-    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
+    # Controls, format characters and the line and paragraph separators: none may
+    # reach a terminal, nor the server, which refuses a line that holds one.
+    name = "".join(ch for ch in name if unicodedata.category(ch) not in _HIDDEN_CATEGORIES)
     name = name.strip().lstrip(".")
     if not name:
         name = "file"

@@ -124,12 +124,7 @@ class ClientSession:
             return
         # Announce a clean name: one with only spaces, say, would be refused by the
         # server's parser with a plain [error], and no [upload] answer would come.
-        name = safe_name(os.path.basename(path))
-        refused = find_refused(name)  # U+2028 and U+2029 are left by safe_name
-        if refused is not None:
-            self.emit(replies.error(f"/sendfile: in the file's name, {refused}; nothing was sent"))
-            return
-        outgoing = OutgoingFile(target, path, name, size, digest)
+        outgoing = OutgoingFile(target, path, safe_name(os.path.basename(path)), size, digest)
         self.awaiting_ready.append(outgoing)
         self.out += encode_line(commands.format_sendfile(target, size, digest, outgoing.name))
 

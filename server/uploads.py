@@ -62,7 +62,7 @@ class Uploads:
         """Answer a ``/sendfile`` header: a go-ahead, or why not.
 
         The announced size is reserved in the spool for each receiver before
-        the go-ahead (``Spool.reserve``): past a quota the sender is told now,
+        the go-ahead (``ledger.reserve``): past a quota the sender is told now,
         before it sends a byte.
         """
         name = request.name
